@@ -1,0 +1,227 @@
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import { VggError, argError, describe } from './errors';
+import { native, type NativeExecutor, type NativePlan } from './native';
+import { parseSafetensors, type Tensor } from './safetensors';
+import { blobNames, countParams, inferShapes, lastWidth, LRN, type CfgItem, type Head } from './topology';
+import { bindWeights, type BoundWeights, type Naming } from './weights';
+
+export interface LoadOptions {
+  /** The head `run` uses unless told otherwise: 'fixed' (torchvision) or 'dense' (the paper's). */
+  head?: Head;
+  /** oneDNN threads for this model; all cores by default. */
+  threads?: number;
+}
+
+export interface RunOptions {
+  /** Blob names to return; ['prob'] by default. */
+  outputs?: string[];
+  head?: Head;
+  /** Average `prob` with the posteriors of the horizontally mirrored input. */
+  flip?: boolean;
+}
+
+export interface ModelInfo {
+  arch: string;
+  batchNorm: boolean;
+  cfg: CfgItem[];
+  fcHidden: number;
+  classes: number;
+  params: number;
+  naming: Naming;
+}
+
+export type Outputs = Record<string, Tensor>;
+
+const HEADS: Head[] = ['fixed', 'dense'];
+
+function checkOptions<T extends object>(options: unknown, name: string, allowed: (keyof T)[]): Partial<T> {
+  if (options === undefined) return {};
+  if (typeof options !== 'object' || options === null || Array.isArray(options)) throw argError(name, 'an object', options);
+  for (const key of Object.keys(options)) {
+    if (!allowed.includes(key as keyof T)) {
+      throw new VggError('E_ARG', `Unknown option ${name}.${key}; expected one of ${allowed.join(', ')}`);
+    }
+  }
+  return options as Partial<T>;
+}
+
+function checkHead(value: unknown, name: string): Head {
+  if (!HEADS.includes(value as Head)) throw argError(name, `one of ${HEADS.join(', ')}`, value);
+  return value as Head;
+}
+
+/**
+ * Loads a VGG from a safetensors file (torchvision or timm names, F32/F16/BF16), mapped into
+ * memory rather than read. The returned model runs on its own native thread.
+ */
+export async function loadModel(file: string, options?: LoadOptions): Promise<Model> {
+  if (typeof file !== 'string' || file.length === 0) throw argError('path', 'a weights file path', file);
+  const opts = checkOptions<LoadOptions>(options, 'options', ['head', 'threads']);
+  const head = checkHead(opts.head ?? 'fixed', 'options.head');
+  const threads = opts.threads ?? os.availableParallelism();
+  if (!Number.isSafeInteger(threads) || threads < 1 || threads > 1024) throw argError('options.threads', 'an integer from 1 to 1024', opts.threads);
+
+  let stat: fs.Stats;
+  try {
+    stat = await fs.promises.stat(file);
+  } catch (e) {
+    throw new VggError('E_IO', `cannot read weights file ${file}: ${(e as Error).message}`, { cause: e });
+  }
+  if (!stat.isFile()) throw new VggError('E_IO', `weights file ${file} is not a regular file`);
+  if (stat.size < 8) throw new VggError('E_WEIGHTS_FORMAT', `${file}: not a valid safetensors file: file is ${stat.size} bytes, shorter than the 8-byte header length`);
+  let mapped: ArrayBuffer;
+  try {
+    mapped = native().mapFile(file);
+  } catch (e) {
+    if (e instanceof VggError) throw e;
+    throw new VggError('E_IO', `cannot map weights file ${file}: ${(e as Error).message}`, { cause: e });
+  }
+  const weights = bindWeights(parseSafetensors(new Uint8Array(mapped), file));
+  return new Model(weights, head, threads);
+}
+
+export class Model {
+  readonly info: ModelInfo;
+  readonly head: Head;
+  readonly threads: number;
+  #executor: NativeExecutor | undefined;
+  #weights: BoundWeights;
+
+  /** Use loadModel(). */
+  constructor(weights: BoundWeights, head: Head, threads: number) {
+    const { arch } = weights;
+    this.info = { arch: arch.arch, batchNorm: arch.batchNorm, cfg: arch.cfg, fcHidden: arch.fcHidden, classes: arch.classes, params: countParams(arch), naming: weights.naming };
+    this.head = head;
+    this.threads = threads;
+    this.#weights = weights;
+    this.#executor = new (native().Executor)(buildPlan(weights, threads));
+  }
+
+  /** Jobs queued or running on this model's native thread. */
+  get pending(): number {
+    return this.#executor?.pending ?? 0;
+  }
+
+  /** Every blob name `run` accepts for a head. */
+  blobNames(head: Head = this.head): string[] {
+    return blobNames(this.#weights.arch, head);
+  }
+
+  /**
+   * Runs a batch [n, 3, h, w] (NCHW float32, already normalized) and resolves to the requested
+   * blobs, each as { data, shape } in NCHW (or [n, features]).
+   */
+  async run(input: Tensor, options?: RunOptions): Promise<Outputs> {
+    const callSite = new Error();
+    const executor = this.#executor;
+    if (!executor) throw new VggError('E_DISPOSED', 'this model was disposed; load it again to run it');
+    const opts = checkOptions<RunOptions>(options, 'options', ['outputs', 'head', 'flip']);
+    const head = checkHead(opts.head ?? this.head, 'options.head');
+    if (opts.flip !== undefined && typeof opts.flip !== 'boolean') throw argError('options.flip', 'a boolean', opts.flip);
+    const flip = opts.flip ?? false;
+    const [n, , h, w] = checkInput(input);
+    const names = this.blobNames(head);
+    const outputs = checkOutputs(opts.outputs ?? ['prob'], names);
+
+    const batch = flip ? 2 * n : n;
+    const shapes = new Map(inferShapes(this.#weights.arch, batch, h, w, head).map((b) => [b.name, b.shape]));
+    const wanted = flip && !outputs.includes('prob') ? [...outputs, 'prob'] : outputs;
+    const captures = wanted.map((name): [number, Float32Array] => [names.indexOf(name), new Float32Array(shapes.get(name)!.reduce((a, b) => a * b, 1))]);
+    try {
+      await executor.run(flip ? withMirror(input.data, n, h, w) : input.data, batch, h, w, head === 'dense', captures);
+    } catch (e) {
+      const err = new VggError('E_BACKEND', `inference failed: ${(e as Error).message}`, { cause: e });
+      err.stack = `${err.name}: ${err.message}\n${callSite.stack?.split('\n').slice(1).join('\n')}`;
+      throw err;
+    }
+
+    const out: Outputs = {};
+    for (const [i, name] of outputs.entries()) {
+      const shape = [n, ...shapes.get(name)!.slice(1)];
+      const data = captures[i][1];
+      out[name] = { data: flip ? data.subarray(0, data.length / 2) : data, shape };
+    }
+    if (flip) out.prob = { data: meanOfHalves(captures[wanted.indexOf('prob')][1]), shape: [n, this.info.classes] };
+    return out;
+  }
+
+  /** Finishes queued runs, then frees the native thread, primitives and weights. */
+  async dispose(): Promise<void> {
+    const executor = this.#executor;
+    this.#executor = undefined;
+    if (executor) await executor.dispose();
+  }
+}
+
+function checkInput(input: Tensor): number[] {
+  if (typeof input !== 'object' || input === null) throw argError('input', 'a tensor { data: Float32Array, shape: [n, 3, h, w] }', input);
+  const { data, shape } = input;
+  if (!(data instanceof Float32Array)) throw argError('input.data', 'a Float32Array', data);
+  if (!Array.isArray(shape) || shape.length !== 4 || !shape.every((v) => Number.isSafeInteger(v) && v > 0)) {
+    throw new VggError('E_SHAPE', `Expected input.shape to be [n, 3, h, w] of positive integers but received ${Array.isArray(shape) ? JSON.stringify(shape) : describe(shape)}`);
+  }
+  if (shape[1] !== 3) throw new VggError('E_SHAPE', `Expected input.shape[1] (channels) to be 3 but received ${shape[1]}`);
+  const count = shape.reduce((a, b) => a * b, 1);
+  if (count !== data.length) throw new VggError('E_SHAPE', `input.shape ${JSON.stringify(shape)} has ${count} elements but input.data has ${data.length}`);
+  return shape;
+}
+
+function checkOutputs(outputs: unknown, names: string[]): string[] {
+  if (!Array.isArray(outputs) || outputs.length === 0) throw argError('options.outputs', 'a non-empty array of blob names', outputs);
+  for (const o of outputs) {
+    if (!names.includes(o)) throw new VggError('E_ARG', `Unknown blob ${describe(o)} in options.outputs; this model has ${names.join(', ')}`);
+  }
+  if (new Set(outputs).size !== outputs.length) throw argError('options.outputs', 'blob names without repeats', outputs);
+  return outputs as string[];
+}
+
+/** The batch followed by its horizontal mirror: [2n, 3, h, w]. */
+function withMirror(data: Float32Array, n: number, h: number, w: number): Float32Array {
+  const out = new Float32Array(2 * data.length);
+  out.set(data);
+  const mirror = out.subarray(data.length);
+  for (let row = 0; row < n * 3 * h; row++) {
+    const at = row * w;
+    for (let x = 0; x < w; x++) mirror[at + x] = data[at + w - 1 - x];
+  }
+  return out;
+}
+
+function meanOfHalves(prob: Float32Array): Float32Array {
+  const half = prob.length / 2;
+  const out = new Float32Array(half);
+  for (let i = 0; i < half; i++) out[i] = (prob[i] + prob[half + i]) / 2;
+  return out;
+}
+
+/** The network for the addon: every layer in order with its weights, already checked. */
+function buildPlan(weights: BoundWeights, threads: number): NativePlan {
+  let conv = 0;
+  const features = bindFeatureOps(weights, () => weights.convs[conv++]);
+  const c = lastWidth(weights.arch);
+  const [fc6, fc7, fc8] = weights.fc;
+  const { fcHidden, classes } = weights.arch;
+  return {
+    threads,
+    lastC: c,
+    features,
+    fc: [
+      { inF: c * 49, outF: fcHidden, ...fc6 },
+      { inF: fcHidden, outF: fcHidden, ...fc7 },
+      { inF: fcHidden, outF: classes, ...fc8 },
+    ],
+  };
+}
+
+function bindFeatureOps(weights: BoundWeights, nextConv: () => { weight: Float32Array; bias: Float32Array }): NativePlan['features'] {
+  let c = 3;
+  return weights.arch.cfg.map((v) => {
+    if (v === 'M') return { kind: 'pool' as const };
+    if (v === 'L') return { kind: 'lrn' as const, ...LRN };
+    const [kernel, outC] = Array.isArray(v) ? [1, v[1]] : [3, v];
+    const op = { kind: 'conv' as const, kernel, inC: c, outC, ...nextConv() };
+    c = outC;
+    return op;
+  });
+}

@@ -1,0 +1,168 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { VggError } from './errors';
+
+/** Bytes per element of every dtype the safetensors format defines. */
+const DTYPE_SIZE: Record<string, number> = {
+  BOOL: 1, U8: 1, I8: 1, F8_E4M3: 1, F8_E5M2: 1, I16: 2, U16: 2, F16: 2, BF16: 2,
+  I32: 4, U32: 4, F32: 4, I64: 8, U64: 8, F64: 8,
+};
+/** A safetensors header is JSON; real ones are kilobytes. This bound stops a forged length early. */
+const MAX_HEADER_BYTES = 100 * 1024 * 1024;
+
+export interface TensorEntry {
+  name: string;
+  dtype: string;
+  shape: number[];
+  /** Absolute byte range in the file. */
+  begin: number;
+  end: number;
+}
+
+export interface SafetensorsFile {
+  source: string;
+  bytes: Uint8Array;
+  metadata: Record<string, string>;
+  tensors: Map<string, TensorEntry>;
+}
+
+export interface Tensor {
+  data: Float32Array;
+  shape: number[];
+}
+
+const isCount = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
+
+/**
+ * Validates a whole safetensors header against the file it sits in: length bounds, JSON,
+ * dtypes, shapes, byte counts, and offsets that tile the data section without gaps or overlap.
+ */
+export function parseSafetensors(bytes: Uint8Array, source: string): SafetensorsFile {
+  const bad = (why: string) => new VggError('E_WEIGHTS_FORMAT', `${source}: not a valid safetensors file: ${why}`);
+  if (bytes.length < 8) throw bad(`file is ${bytes.length} bytes, shorter than the 8-byte header length`);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const headerLen = view.getBigUint64(0, true);
+  if (headerLen < 2n || headerLen > BigInt(Math.min(MAX_HEADER_BYTES, bytes.length - 8))) {
+    throw bad(`header length ${headerLen} does not fit in a file of ${bytes.length} bytes`);
+  }
+  const dataStart = 8 + Number(headerLen);
+  let json: unknown;
+  try {
+    json = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray(8, dataStart)));
+  } catch (e) {
+    throw bad(`header is not UTF-8 JSON (${(e as Error).message})`);
+  }
+  if (typeof json !== 'object' || json === null || Array.isArray(json)) throw bad('header is not a JSON object');
+
+  const metadata: Record<string, string> = {};
+  const entries: TensorEntry[] = [];
+  for (const [name, value] of Object.entries(json as Record<string, unknown>)) {
+    if (name === '__metadata__') {
+      if (typeof value !== 'object' || value === null || Array.isArray(value)) throw bad('__metadata__ is not an object');
+      for (const [k, v] of Object.entries(value)) {
+        if (typeof v !== 'string') throw bad(`__metadata__.${k} is not a string`);
+        metadata[k] = v;
+      }
+      continue;
+    }
+    const t = value as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
+    if (typeof t !== 'object' || t === null) throw bad(`tensor ${name} is not an object`);
+    if (typeof t.dtype !== 'string' || !(t.dtype in DTYPE_SIZE)) throw bad(`tensor ${name} has unknown dtype ${JSON.stringify(t.dtype)}`);
+    if (!Array.isArray(t.shape) || !t.shape.every(isCount)) throw bad(`tensor ${name} has shape ${JSON.stringify(t.shape)}, expected a list of non-negative integers`);
+    const off = t.data_offsets;
+    if (!Array.isArray(off) || off.length !== 2 || !isCount(off[0]) || !isCount(off[1]) || off[0] > off[1]) {
+      throw bad(`tensor ${name} has data_offsets ${JSON.stringify(off)}, expected [begin, end] with 0 <= begin <= end`);
+    }
+    const elements = (t.shape as number[]).reduce((a, b) => a * b, 1);
+    if (elements * DTYPE_SIZE[t.dtype] !== off[1] - off[0]) {
+      throw bad(`tensor ${name} is ${t.dtype} ${JSON.stringify(t.shape)} (${elements * DTYPE_SIZE[t.dtype]} bytes) but data_offsets span ${off[1] - off[0]} bytes`);
+    }
+    entries.push({ name, dtype: t.dtype, shape: t.shape as number[], begin: dataStart + off[0], end: dataStart + off[1] });
+  }
+
+  // The format requires the data section to be tiled exactly: no holes, no overlaps, nothing past the end.
+  const sorted = [...entries].sort((a, b) => a.begin - b.begin || a.end - b.end);
+  let cursor = dataStart;
+  for (const e of sorted) {
+    if (e.begin !== cursor) {
+      throw bad(e.begin < cursor ? `tensor ${e.name} overlaps the tensor before it` : `a gap of ${e.begin - cursor} bytes precedes tensor ${e.name}`);
+    }
+    cursor = e.end;
+  }
+  if (cursor !== bytes.length) {
+    throw bad(cursor > bytes.length
+      ? `tensor data runs to byte ${cursor} but the file has ${bytes.length} bytes (truncated?)`
+      : `${bytes.length - cursor} bytes after the last tensor are not claimed by any tensor`);
+  }
+  return { source, bytes, metadata, tensors: new Map(entries.map((e) => [e.name, e])) };
+}
+
+function halfToFloat(h: number): number {
+  const exp = (h >> 10) & 0x1f;
+  const frac = h & 0x3ff;
+  const sign = h & 0x8000 ? -1 : 1;
+  if (exp === 0) return sign * frac * 2 ** -24;
+  if (exp === 31) return frac ? NaN : sign * Infinity;
+  return sign * (1 + frac / 1024) * 2 ** (exp - 15);
+}
+
+/**
+ * The tensor's elements as float32: a view into the file (no copy) for aligned F32 data,
+ * a converted copy for F16 and BF16.
+ */
+export function readF32(file: SafetensorsFile, entry: TensorEntry): Float32Array {
+  const { bytes } = file;
+  const count = (entry.end - entry.begin) / (DTYPE_SIZE[entry.dtype] ?? 1);
+  const at = bytes.byteOffset + entry.begin;
+  switch (entry.dtype) {
+    case 'F32':
+      if (at % 4 === 0) return new Float32Array(bytes.buffer, at, count);
+      return new Float32Array(bytes.slice(entry.begin, entry.end).buffer);
+    case 'BF16': {
+      const out = new Float32Array(count);
+      const bits = new Uint32Array(out.buffer);
+      const dv = new DataView(bytes.buffer, at, entry.end - entry.begin);
+      for (let i = 0; i < count; i++) bits[i] = dv.getUint16(2 * i, true) << 16;
+      return out;
+    }
+    case 'F16': {
+      const out = new Float32Array(count);
+      const dv = new DataView(bytes.buffer, at, entry.end - entry.begin);
+      for (let i = 0; i < count; i++) out[i] = halfToFloat(dv.getUint16(2 * i, true));
+      return out;
+    }
+    default:
+      throw new VggError('E_WEIGHTS_FORMAT', `${file.source}: tensor ${entry.name} is ${entry.dtype}, expected F32, F16 or BF16`);
+  }
+}
+
+/**
+ * Writes F32 tensors as a safetensors file, atomically: a temporary file in the same folder,
+ * then a rename, so a reader never sees half a file.
+ */
+export function writeSafetensors(file: string, tensors: Record<string, Tensor>, metadata?: Record<string, string>): void {
+  const header: Record<string, unknown> = {};
+  if (metadata && Object.keys(metadata).length) header.__metadata__ = metadata;
+  let offset = 0;
+  for (const [name, t] of Object.entries(tensors)) {
+    header[name] = { dtype: 'F32', shape: t.shape, data_offsets: [offset, offset + t.data.byteLength] };
+    offset += t.data.byteLength;
+  }
+  let json = JSON.stringify(header);
+  json += ' '.repeat((8 - (Buffer.byteLength(json) % 8)) % 8); // keeps the data 8-byte aligned
+  const head = Buffer.alloc(8);
+  head.writeBigUInt64LE(BigInt(Buffer.byteLength(json)));
+  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
+  const fd = fs.openSync(tmp, 'w');
+  try {
+    fs.writeSync(fd, head);
+    fs.writeSync(fd, json);
+    for (const t of Object.values(tensors)) fs.writeSync(fd, new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
+    fs.closeSync(fd);
+    fs.renameSync(tmp, file);
+  } catch (e) {
+    try { fs.closeSync(fd); } catch { /* already closed */ }
+    fs.rmSync(tmp, { force: true });
+    throw new VggError('E_IO', `cannot write ${file}: ${(e as Error).message}`, { cause: e });
+  }
+}

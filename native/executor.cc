@@ -1,0 +1,192 @@
+#include "executor.h"
+
+#include <omp.h>
+#include "onednn/backend.h"
+
+namespace vgg {
+
+namespace {
+
+const float* floats(const Napi::Value& v) { return v.As<Napi::Float32Array>().Data(); }
+
+// The plan as TypeScript built and validated it (lib/native.ts); nothing here re-checks it.
+Plan readPlan(const Napi::Object& js) {
+  Plan plan;
+  plan.threads = js.Get("threads").As<Napi::Number>().Int32Value();
+  plan.lastC = js.Get("lastC").As<Napi::Number>().Int32Value();
+  Napi::Array features = js.Get("features").As<Napi::Array>();
+  for (uint32_t i = 0; i < features.Length(); i++) {
+    Napi::Object f = features.Get(i).As<Napi::Object>();
+    const std::string kind = f.Get("kind").As<Napi::String>();
+    FeatureOp op;
+    if (kind == "conv") {
+      op.kind = OpKind::Conv;
+      op.kernel = f.Get("kernel").As<Napi::Number>().Int32Value();
+      op.inC = f.Get("inC").As<Napi::Number>().Int32Value();
+      op.outC = f.Get("outC").As<Napi::Number>().Int32Value();
+      op.weight = floats(f.Get("weight"));
+      op.bias = floats(f.Get("bias"));
+    } else if (kind == "pool") {
+      op.kind = OpKind::MaxPool;
+    } else {
+      op.kind = OpKind::Lrn;
+      op.lrnSize = f.Get("size").As<Napi::Number>().Int32Value();
+      op.alpha = f.Get("alpha").As<Napi::Number>().FloatValue();
+      op.beta = f.Get("beta").As<Napi::Number>().FloatValue();
+      op.k = f.Get("k").As<Napi::Number>().FloatValue();
+    }
+    plan.features.push_back(op);
+  }
+  Napi::Array fc = js.Get("fc").As<Napi::Array>();
+  for (uint32_t i = 0; i < 3; i++) {
+    Napi::Object f = fc.Get(i).As<Napi::Object>();
+    plan.fc[i] = {f.Get("inF").As<Napi::Number>().Int32Value(), f.Get("outF").As<Napi::Number>().Int32Value(),
+                  floats(f.Get("weight")), floats(f.Get("bias"))};
+  }
+  return plan;
+}
+
+}  // namespace
+
+Napi::Function Executor::Define(Napi::Env env) {
+  return DefineClass(env, "Executor",
+                     {InstanceMethod<&Executor::Run>("run"), InstanceMethod<&Executor::Dispose>("dispose"),
+                      InstanceAccessor<&Executor::Pending>("pending")});
+}
+
+Executor::Executor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Executor>(info) {
+  Napi::Env env = info.Env();
+  Napi::Object js = info[0].As<Napi::Object>();
+  plan_ = readPlan(js);
+  plan_ref_ = Napi::Persistent(js);
+  completion_ = Completion::New(env, "vggnet.executor", 0, 1, this);
+  completion_.Unref(env);  // an idle model must not keep the process alive
+  thread_ = std::thread([this] { loop(); });
+  napi_add_env_cleanup_hook(env, onEnvCleanup, this);
+}
+
+Executor::~Executor() {
+  napi_remove_env_cleanup_hook(Env(), onEnvCleanup, this);
+  stopAndJoin();
+}
+
+void Executor::onEnvCleanup(void* self) { static_cast<Executor*>(self)->stopAndJoin(); }
+
+// run(input, n, h, w, dense, captures: [blobIndex, Float32Array][]) -> Promise<void>
+Napi::Value Executor::Run(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (disposing_) throw Napi::Error::New(env, "executor is disposed");
+  auto* job = new Job{{}, false, {}, Napi::Promise::Deferred::New(env), {}};
+  RunRequest& r = job->request;
+  r.input = floats(info[0]);
+  r.n = info[1].As<Napi::Number>().Int32Value();
+  r.h = info[2].As<Napi::Number>().Int32Value();
+  r.w = info[3].As<Napi::Number>().Int32Value();
+  r.head = info[4].As<Napi::Boolean>() ? Head::Dense : Head::Fixed;
+  job->pins.push_back(Napi::Persistent(info[0]));
+  Napi::Array captures = info[5].As<Napi::Array>();
+  for (uint32_t i = 0; i < captures.Length(); i++) {
+    Napi::Array pair = captures.Get(i).As<Napi::Array>();
+    r.captures.push_back({pair.Get(0u).As<Napi::Number>().Int32Value(),
+                          pair.Get(1u).As<Napi::Float32Array>().Data()});
+    job->pins.push_back(Napi::Persistent(pair.Get(1u)));
+  }
+  Napi::Promise promise = job->deferred.Promise();
+  enqueue(job);
+  return promise;
+}
+
+// Finishes the queued jobs, then frees the backend and the pinned weights.
+Napi::Value Executor::Dispose(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto* job = new Job{{}, true, {}, Napi::Promise::Deferred::New(env), {}};
+  Napi::Promise promise = job->deferred.Promise();
+  if (disposing_) {
+    job->deferred.Resolve(env.Undefined());
+    delete job;
+  } else {
+    disposing_ = true;
+    enqueue(job);
+  }
+  return promise;
+}
+
+Napi::Value Executor::Pending(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), pending_); }
+
+void Executor::enqueue(Job* job) {
+  if (pending_++ == 0) {
+    completion_.Ref(Env());
+    Ref();  // the JS object must outlive its jobs
+  }
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    queue_.push_back(job);
+  }
+  wake_.notify_one();
+}
+
+void Executor::loop() {
+  omp_set_num_threads(plan_.threads);  // OpenMP settings are per calling thread
+  std::unique_ptr<onednn::Backend> backend;
+  std::string init_error;
+  try {
+    backend = std::make_unique<onednn::Backend>(plan_);
+  } catch (const std::exception& e) {
+    init_error = std::string("oneDNN engine: ") + e.what();
+  }
+  for (;;) {
+    Job* job;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      wake_.wait(lock, [this] { return !queue_.empty(); });
+      job = queue_.front();
+      queue_.pop_front();
+    }
+    if (job == nullptr) return;  // silent stop: the JS side is already gone
+    if (job->stop) {
+      backend.reset();
+      completion_.NonBlockingCall(job);
+      return;
+    }
+    try {
+      if (!backend) throw std::runtime_error(init_error);
+      backend->run(job->request);
+    } catch (const dnnl::error& e) {
+      job->error = std::string("oneDNN: ") + e.what() + " (status " + std::to_string(e.status) + ")";
+    } catch (const std::exception& e) {
+      job->error = e.what();
+    }
+    completion_.NonBlockingCall(job);
+  }
+}
+
+void Executor::Complete(Napi::Env env, Napi::Function, Executor* self, Job* job) {
+  std::unique_ptr<Job> owned(job);
+  if (env == nullptr) return;  // the environment is shutting down
+  if (job->stop && self->thread_.joinable()) self->thread_.join();
+  if (job->error.empty()) job->deferred.Resolve(env.Undefined());
+  else job->deferred.Reject(Napi::Error::New(env, job->error).Value());
+  if (--self->pending_ == 0) {
+    self->completion_.Unref(env);
+    self->Unref();
+  }
+  if (job->stop) {
+    self->plan_ref_.Reset();
+    self->completion_.Release();
+  }
+}
+
+// For a model collected or an environment torn down without dispose(): the thread is idle
+// (a pending job holds a reference to the object), so a silent stop returns at once.
+void Executor::stopAndJoin() {
+  if (!thread_.joinable()) return;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    queue_.push_back(nullptr);
+  }
+  wake_.notify_one();
+  thread_.join();
+  if (!disposing_) completion_.Release();  // a finished dispose() released it already
+}
+
+}  // namespace vgg

@@ -1,0 +1,40 @@
+#include "backend.h"
+
+#include <string>
+
+namespace vgg::onednn {
+
+Backend::Backend(const Plan& plan)
+    : plan_(plan), engine_(dnnl::engine::kind::cpu, 0), stream_(engine_), weights_(engine_) {}
+
+void Backend::run(const RunRequest& r) {
+  auto key = std::make_tuple(r.n, r.h, r.w, r.head);
+  auto it = nets_.find(key);
+  if (it == nets_.end()) {
+    it = nets_.emplace(key, std::make_unique<Net>(plan_, weights_, engine_, stream_, r.n, r.h, r.w, r.head)).first;
+  }
+  it->second->run(r, stream_);
+}
+
+std::string versionString() {
+  const dnnl_version_t* v = dnnl_version();
+  return std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->patch);
+}
+
+std::string isaName() {
+  switch (dnnl::get_effective_cpu_isa()) {
+    case dnnl::cpu_isa::sse41: return "sse41";
+    case dnnl::cpu_isa::avx: return "avx";
+    case dnnl::cpu_isa::avx2: return "avx2";
+    case dnnl::cpu_isa::avx512_mic: return "avx512_mic";
+    case dnnl::cpu_isa::avx512_mic_4ops: return "avx512_mic_4ops";
+    case dnnl::cpu_isa::avx512_core: return "avx512_core";
+    case dnnl::cpu_isa::avx512_core_vnni: return "avx512_core_vnni";
+    case dnnl::cpu_isa::avx512_core_bf16: return "avx512_core_bf16";
+    case dnnl::cpu_isa::avx512_core_amx: return "avx512_core_amx";
+    case dnnl::cpu_isa::avx2_vnni: return "avx2_vnni";
+    default: return "unknown";
+  }
+}
+
+}  // namespace vgg::onednn

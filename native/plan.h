@@ -1,0 +1,55 @@
+// The network as TypeScript validated it: plain structs, no N-API, no oneDNN.
+// The backend compiles a Plan for each input shape; it trusts every field.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace vgg {
+
+enum class OpKind { Conv, MaxPool, Lrn };
+
+struct FeatureOp {
+  OpKind kind;
+  // Conv: OIHW weights and per-channel bias, both float32, owned by JS and pinned for the
+  // executor's life (they may point into the memory-mapped weights file).
+  int kernel = 0, inC = 0, outC = 0;
+  const float* weight = nullptr;
+  const float* bias = nullptr;
+  // Lrn: PyTorch/Caffe convention (alpha is divided by size).
+  int lrnSize = 0;
+  float alpha = 0, beta = 0, k = 0;
+};
+
+struct FcOp {
+  int inF = 0, outF = 0;
+  const float* weight = nullptr;  // [outF, inF] row-major; fc6's inF is C*7*7 in CHW order
+  const float* bias = nullptr;
+};
+
+struct Plan {
+  int threads = 1;
+  std::vector<FeatureOp> features;
+  FcOp fc[3];         // fc6, fc7, fc8
+  int lastC = 0;      // channels of pool5
+};
+
+enum class Head { Fixed, Dense };
+
+// Blob indices: 0..features.size()-1 are the feature layers' outputs, then the head's blobs
+// in the order of these enums.
+enum FixedBlob { kFixedFc6, kFixedFc7, kFixedFc8, kFixedProb, kFixedCount };
+enum DenseBlob { kDenseFc6, kDenseFc7, kDenseFc8Map, kDenseFc8, kDenseProb, kDenseCount };
+
+struct Capture {
+  int blob;
+  float* out;  // NCHW (or NC) float32, sized by TypeScript's shape inference
+};
+
+struct RunRequest {
+  const float* input;  // NCHW float32
+  int n, h, w;
+  Head head;
+  std::vector<Capture> captures;
+};
+
+}  // namespace vgg
