@@ -136,11 +136,8 @@ export function readF32(file: SafetensorsFile, entry: TensorEntry): Float32Array
   }
 }
 
-/**
- * Writes F32 tensors as a safetensors file, atomically: a temporary file in the same folder,
- * then a rename, so a reader never sees half a file.
- */
-export function writeSafetensors(file: string, tensors: Record<string, Tensor>, metadata?: Record<string, string>): void {
+/** A safetensors file's bytes for F32 tensors: the header, then each tensor's data in order. */
+export function encodeSafetensors(tensors: Record<string, Tensor>, metadata?: Record<string, string>): Uint8Array[] {
   const header: Record<string, unknown> = {};
   if (metadata && Object.keys(metadata).length) header.__metadata__ = metadata;
   let offset = 0;
@@ -152,17 +149,36 @@ export function writeSafetensors(file: string, tensors: Record<string, Tensor>, 
   json += ' '.repeat((8 - (Buffer.byteLength(json) % 8)) % 8); // keeps the data 8-byte aligned
   const head = Buffer.alloc(8);
   head.writeBigUInt64LE(BigInt(Buffer.byteLength(json)));
+  return [head, Buffer.from(json), ...Object.values(tensors).map((t) => new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength))];
+}
+
+/**
+ * Writes F32 tensors as a safetensors file, atomically: a temporary file in the same folder,
+ * then a rename, so a reader never sees half a file.
+ */
+export function writeSafetensors(file: string, tensors: Record<string, Tensor>, metadata?: Record<string, string>): void {
   const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
-  const fd = fs.openSync(tmp, 'w');
+  let fd: number | undefined;
   try {
-    fs.writeSync(fd, head);
-    fs.writeSync(fd, json);
-    for (const t of Object.values(tensors)) fs.writeSync(fd, new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
+    fd = fs.openSync(tmp, 'w');
+    for (const chunk of encodeSafetensors(tensors, metadata)) fs.writeSync(fd, chunk);
     fs.closeSync(fd);
+    fd = undefined;
     fs.renameSync(tmp, file);
   } catch (e) {
-    try { fs.closeSync(fd); } catch { /* already closed */ }
+    if (fd !== undefined) fs.closeSync(fd);
     fs.rmSync(tmp, { force: true });
     throw new VggError('E_IO', `cannot write ${file}: ${(e as Error).message}`, { cause: e });
   }
+}
+
+/** Reads a whole (small) safetensors file, such as an input batch, into memory. */
+export function readSafetensorsFile(file: string): SafetensorsFile {
+  let bytes: Buffer;
+  try {
+    bytes = fs.readFileSync(file);
+  } catch (e) {
+    throw new VggError('E_IO', `cannot read ${file}: ${(e as Error).message}`, { cause: e });
+  }
+  return parseSafetensors(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength), file);
 }

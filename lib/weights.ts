@@ -110,7 +110,15 @@ function expectedTensors(arch: Arch, naming: Naming): Map<string, Expected> {
   return out;
 }
 
-/** The `vgg.*` keys that make_fixtures.py and `vgg convert` write. */
+/** The `vgg.*` metadata keys that make_fixtures.py and `vgg convert` write. */
+export function archMetadata(arch: Arch, naming: Naming): Record<string, string> {
+  return {
+    'vgg.arch': arch.arch, 'vgg.batch_norm': String(arch.batchNorm), 'vgg.cfg': JSON.stringify(arch.cfg),
+    'vgg.fc_hidden': String(arch.fcHidden), 'vgg.classes': String(arch.classes), 'vgg.naming': naming,
+  };
+}
+
+/** Reads the architecture from the `vgg.*` metadata keys. */
 function archFromMetadata(file: SafetensorsFile): Arch {
   const m = file.metadata;
   const bad = (key: string, expected: string) =>
