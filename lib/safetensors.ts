@@ -106,6 +106,18 @@ function halfToFloat(h: number): number {
   return sign * (1 + frac / 1024) * 2 ** (exp - 15);
 }
 
+/** 16-bit floats (IEEE half, or bfloat16: the top half of a float32) widened to float32. */
+export function widen16(bits: Uint16Array, kind: 'F16' | 'BF16'): Float32Array {
+  const out = new Float32Array(bits.length);
+  if (kind === 'BF16') {
+    const words = new Uint32Array(out.buffer);
+    for (let i = 0; i < bits.length; i++) words[i] = bits[i] << 16;
+  } else {
+    for (let i = 0; i < bits.length; i++) out[i] = halfToFloat(bits[i]);
+  }
+  return out;
+}
+
 /**
  * The tensor's elements as float32: a view into the file (no copy) for aligned F32 data,
  * a converted copy for F16 and BF16.
@@ -118,18 +130,10 @@ export function readF32(file: SafetensorsFile, entry: TensorEntry): Float32Array
     case 'F32':
       if (at % 4 === 0) return new Float32Array(bytes.buffer, at, count);
       return new Float32Array(bytes.slice(entry.begin, entry.end).buffer);
-    case 'BF16': {
-      const out = new Float32Array(count);
-      const bits = new Uint32Array(out.buffer);
-      const dv = new DataView(bytes.buffer, at, entry.end - entry.begin);
-      for (let i = 0; i < count; i++) bits[i] = dv.getUint16(2 * i, true) << 16;
-      return out;
-    }
+    case 'BF16':
     case 'F16': {
-      const out = new Float32Array(count);
-      const dv = new DataView(bytes.buffer, at, entry.end - entry.begin);
-      for (let i = 0; i < count; i++) out[i] = halfToFloat(dv.getUint16(2 * i, true));
-      return out;
+      const bits = at % 2 === 0 ? new Uint16Array(bytes.buffer, at, count) : new Uint16Array(bytes.slice(entry.begin, entry.end).buffer);
+      return widen16(bits, entry.dtype);
     }
     default:
       throw new VggError('E_WEIGHTS_FORMAT', `${file.source}: tensor ${entry.name} is ${entry.dtype}, expected F32, F16 or BF16`);
