@@ -3,7 +3,7 @@ import * as os from 'node:os';
 import { VggError, argError, describe } from './errors';
 import { native, type NativeExecutor, type NativePlan } from './native';
 import { parseSafetensors, type Tensor } from './safetensors';
-import { blobNames, countParams, inferShapes, lastWidth, LRN, type CfgItem, type Head } from './topology';
+import { blobNames, countParams, inferShapes, lastWidth, LRN, type Arch, type CfgItem, type Head } from './topology';
 import { bindWeights, type BoundWeights, type Naming } from './weights';
 
 export interface LoadOptions {
@@ -28,7 +28,15 @@ export interface ModelInfo {
   fcHidden: number;
   classes: number;
   params: number;
-  naming: Naming;
+  /** The key names of the weights file; absent for a bare preset. */
+  naming?: Naming;
+}
+
+/** What `model.info` and `vgg info` say about an architecture. */
+export function archInfo(a: Arch, naming?: Naming): ModelInfo {
+  const info: ModelInfo = { arch: a.arch, batchNorm: a.batchNorm, cfg: a.cfg, fcHidden: a.fcHidden, classes: a.classes, params: countParams(a) };
+  if (naming) info.naming = naming;
+  return info;
 }
 
 export type Outputs = Record<string, Tensor>;
@@ -56,12 +64,20 @@ function checkHead(value: unknown, name: string): Head {
  * memory rather than read. The returned model runs on its own native thread.
  */
 export async function loadModel(file: string, options?: LoadOptions): Promise<Model> {
-  if (typeof file !== 'string' || file.length === 0) throw argError('path', 'a weights file path', file);
   const opts = checkOptions<LoadOptions>(options, 'options', ['head', 'threads']);
   const head = checkHead(opts.head ?? 'fixed', 'options.head');
   const threads = opts.threads ?? os.availableParallelism();
   if (!Number.isSafeInteger(threads) || threads < 1 || threads > 1024) throw argError('options.threads', 'an integer from 1 to 1024', opts.threads);
 
+  return new Model(await openWeights(file), head, threads);
+}
+
+/**
+ * Maps a weights file and binds it to its architecture, validating every tensor, without
+ * starting an executor: what `loadModel` and `vgg info` share.
+ */
+export async function openWeights(file: string): Promise<BoundWeights> {
+  if (typeof file !== 'string' || file.length === 0) throw argError('path', 'a weights file path', file);
   let stat: fs.Stats;
   try {
     stat = await fs.promises.stat(file);
@@ -77,8 +93,7 @@ export async function loadModel(file: string, options?: LoadOptions): Promise<Mo
     if (e instanceof VggError) throw e;
     throw new VggError('E_IO', `cannot map weights file ${file}: ${(e as Error).message}`, { cause: e });
   }
-  const weights = bindWeights(parseSafetensors(new Uint8Array(mapped), file));
-  return new Model(weights, head, threads);
+  return bindWeights(parseSafetensors(new Uint8Array(mapped), file));
 }
 
 export class Model {
@@ -90,8 +105,7 @@ export class Model {
 
   /** Use loadModel(). */
   constructor(weights: BoundWeights, head: Head, threads: number) {
-    const { arch } = weights;
-    this.info = { arch: arch.arch, batchNorm: arch.batchNorm, cfg: arch.cfg, fcHidden: arch.fcHidden, classes: arch.classes, params: countParams(arch), naming: weights.naming };
+    this.info = archInfo(weights.arch, weights.naming);
     this.head = head;
     this.threads = threads;
     this.#weights = weights;

@@ -172,7 +172,8 @@ export function writeSafetensors(file: string, tensors: Record<string, Tensor>, 
   } catch (e) {
     if (fd !== undefined) fs.closeSync(fd);
     fs.rmSync(tmp, { force: true });
-    throw new VggError('E_IO', `cannot write ${file}: ${(e as Error).message}`, { cause: e });
+    const reason = (e as NodeJS.ErrnoException).code ?? (e as Error).message; // the message would name the temp file
+    throw new VggError('E_IO', `cannot write ${file}: ${reason}`, { cause: e });
   }
 }
 

@@ -1,0 +1,50 @@
+import { CommanderError, InvalidArgumentError } from 'commander';
+import { VggError } from '../errors';
+
+/**
+ * Prints the one line a failed command leaves on stderr, `vgg: E_CODE: message`, and sets exit
+ * status 1. Scripts match on the code, so anything that is not a VggError is E_INTERNAL, and
+ * stack traces only appear with VGG_DEBUG=1.
+ */
+export function reportError(e: unknown): void {
+  process.exitCode = 1;
+  let code: string;
+  let message: string;
+  if (e instanceof VggError) {
+    [code, message] = [e.code, e.message];
+  } else if (e instanceof CommanderError) {
+    [code, message] = ['E_ARG', e.message.replace(/^error: /, '')];
+  } else {
+    [code, message] = ['E_INTERNAL', e instanceof Error ? e.message : String(e)];
+  }
+  process.stderr.write(`vgg: ${code}: ${message.replace(/\s*\n\s*/g, ' ')}\n`);
+  if (process.env.VGG_DEBUG === '1' && e instanceof Error) process.stderr.write(`${e.stack}\n`);
+}
+
+/**
+ * Option parsers for commander. They throw InvalidArgumentError, which commander turns into a
+ * usage error that names the option ("option '--threads <n>' argument '0' is invalid. ...").
+ */
+export function positiveInt(value: string): number {
+  const n = Number(value);
+  if (!/^\d+$/.test(value) || !Number.isSafeInteger(n) || n < 1) throw new InvalidArgumentError('Expected a positive integer.');
+  return n;
+}
+
+export function commaList(value: string): string[] {
+  const items = value.split(',').map((s) => s.trim());
+  if (items.some((s) => s === '')) throw new InvalidArgumentError('Expected a comma-separated list of names, like fc7,prob.');
+  if (new Set(items).size !== items.length) throw new InvalidArgumentError('Expected each name once.');
+  return items;
+}
+
+/** `HxW` in pixels, as [h, w]. */
+export function imageSize(value: string): [number, number] {
+  const m = /^(\d+)x(\d+)$/i.exec(value);
+  const [h, w] = m ? [Number(m[1]), Number(m[2])] : [0, 0];
+  if (!(h > 0 && w > 0)) throw new InvalidArgumentError('Expected HxW in pixels, like 224x224.');
+  return [h, w];
+}
+
+/** 138357544 -> "138,357,544": parameter counts are read by people. */
+export const thousands = (n: number) => n.toLocaleString('en-US');
