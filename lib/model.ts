@@ -100,7 +100,8 @@ export class Model {
   readonly info: ModelInfo;
   readonly head: Head;
   readonly threads: number;
-  #executor: NativeExecutor | undefined;
+  #executor: NativeExecutor;
+  #disposed: Promise<void> | undefined;
   #weights: BoundWeights;
 
   /** Use loadModel(). */
@@ -114,7 +115,7 @@ export class Model {
 
   /** Jobs queued or running on this model's native thread. */
   get pending(): number {
-    return this.#executor?.pending ?? 0;
+    return this.#executor.pending;
   }
 
   /** Every blob name `run` accepts for a head. */
@@ -129,7 +130,7 @@ export class Model {
   async run(input: Tensor, options?: RunOptions): Promise<Outputs> {
     const callSite = new Error();
     const executor = this.#executor;
-    if (!executor) throw new VggError('E_DISPOSED', 'this model was disposed; load it again to run it');
+    if (this.#disposed) throw new VggError('E_DISPOSED', 'this model was disposed; load it again to run it');
     const opts = checkOptions<RunOptions>(options, 'options', ['outputs', 'head', 'flip']);
     const head = checkHead(opts.head ?? this.head, 'options.head');
     if (opts.flip !== undefined && typeof opts.flip !== 'boolean') throw argError('options.flip', 'a boolean', opts.flip);
@@ -161,10 +162,9 @@ export class Model {
   }
 
   /** Finishes queued runs, then frees the native thread, primitives and weights. */
-  async dispose(): Promise<void> {
-    const executor = this.#executor;
-    this.#executor = undefined;
-    if (executor) await executor.dispose();
+  dispose(): Promise<void> {
+    this.#disposed ??= this.#executor.dispose();
+    return this.#disposed;
   }
 }
 

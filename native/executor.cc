@@ -1,6 +1,8 @@
 #include "executor.h"
 
+#include <algorithm>
 #include <omp.h>
+#include "mapped_file.h"
 #include "onednn/backend.h"
 
 namespace vgg {
@@ -61,7 +63,15 @@ Executor::Executor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Executor>(
   plan_ref_ = Napi::Persistent(js);
   completion_ = Completion::New(env, "vggnet.executor", 0, 1, this);
   completion_.Unref(env);  // an idle model must not keep the process alive
-  thread_ = std::thread([this] { loop(); });
+  // The thread keeps the weights' memory alive itself: at environment teardown Node may free
+  // the mapped ArrayBuffer before this executor's cleanup hook stops the thread.
+  std::vector<std::shared_ptr<Mapping>> keep;
+  auto hold = [&keep](const float* p) {
+    if (auto m = findMapping(p); m && std::find(keep.begin(), keep.end(), m) == keep.end()) keep.push_back(m);
+  };
+  for (const FeatureOp& op : plan_.features) if (op.kind == OpKind::Conv) { hold(op.weight); hold(op.bias); }
+  for (const FcOp& fc : plan_.fc) { hold(fc.weight); hold(fc.bias); }
+  thread_ = std::thread([this, keep = std::move(keep)] { loop(); });
   napi_add_env_cleanup_hook(env, onEnvCleanup, this);
 }
 
@@ -164,8 +174,12 @@ void Executor::Complete(Napi::Env env, Napi::Function, Executor* self, Job* job)
   std::unique_ptr<Job> owned(job);
   if (env == nullptr) return;  // the environment is shutting down
   if (job->stop && self->thread_.joinable()) self->thread_.join();
-  if (job->error.empty()) job->deferred.Resolve(env.Undefined());
-  else job->deferred.Reject(Napi::Error::New(env, job->error).Value());
+  try {
+    if (job->error.empty()) job->deferred.Resolve(env.Undefined());
+    else job->deferred.Reject(Napi::Error::New(env, job->error).Value());
+  } catch (const Napi::Error&) {
+    // The environment is terminating (worker.terminate()): nobody is left to settle.
+  }
   if (--self->pending_ == 0) {
     self->completion_.Unref(env);
     self->Unref();
@@ -180,12 +194,15 @@ void Executor::Complete(Napi::Env env, Napi::Function, Executor* self, Job* job)
 // (a pending job holds a reference to the object), so a silent stop returns at once.
 void Executor::stopAndJoin() {
   if (!thread_.joinable()) return;
+  std::deque<Job*> dropped;
   {
     std::lock_guard<std::mutex> lock(mutex_);
+    dropped.swap(queue_);     // queued jobs never run: their environment is going away
     queue_.push_back(nullptr);
   }
   wake_.notify_one();
   thread_.join();
+  for (Job* job : dropped) delete job;
   if (!disposing_) completion_.Release();  // a finished dispose() released it already
 }
 

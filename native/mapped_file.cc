@@ -1,9 +1,12 @@
 #include "mapped_file.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fcntl.h>
+#include <mutex>
 #include <string>
+#include <vector>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -11,11 +14,22 @@
 namespace vgg {
 
 namespace {
-struct Mapping {
-  void* addr;
-  size_t length;
-};
+std::mutex registry_mutex;
+std::vector<std::weak_ptr<Mapping>> registry;
 }  // namespace
+
+Mapping::~Mapping() { munmap(addr, length); }
+
+std::shared_ptr<Mapping> findMapping(const void* p) {
+  std::lock_guard<std::mutex> lock(registry_mutex);
+  for (auto& w : registry) {
+    if (auto m = w.lock()) {
+      const char* base = static_cast<const char*>(m->addr);
+      if (p >= base && p < base + m->length) return m;
+    }
+  }
+  return nullptr;
+}
 
 Napi::Value MapFile(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -30,20 +44,26 @@ Napi::Value MapFile(const Napi::CallbackInfo& info) {
   }
   const size_t length = static_cast<size_t>(st.st_size);
   // Writable but private: a stray write copies one page instead of crashing the process.
+  // The file itself must not be rewritten in place while mapped (replace it by rename).
   void* addr = mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
   const int err = errno;
   close(fd);
   if (addr == MAP_FAILED) throw Napi::Error::New(env, std::string("cannot map: ") + strerror(err));
   madvise(addr, length, MADV_WILLNEED);
 
-  auto* mapping = new Mapping{addr, length};
+  std::shared_ptr<Mapping> shared(new Mapping{addr, length});
+  {
+    std::lock_guard<std::mutex> lock(registry_mutex);
+    registry.erase(std::remove_if(registry.begin(), registry.end(), [](auto& w) { return w.expired(); }), registry.end());
+    registry.push_back(shared);
+  }
+  auto* mapping = new std::shared_ptr<Mapping>(std::move(shared));
   Napi::MemoryManagement::AdjustExternalMemory(env, static_cast<int64_t>(length));
   return Napi::ArrayBuffer::New(
       env, addr, length,
-      [](Napi::Env env, void*, Mapping* m) {
-        munmap(m->addr, m->length);
-        Napi::MemoryManagement::AdjustExternalMemory(env, -static_cast<int64_t>(m->length));
-        delete m;
+      [](Napi::Env env, void*, std::shared_ptr<Mapping>* m) {
+        Napi::MemoryManagement::AdjustExternalMemory(env, -static_cast<int64_t>((*m)->length));
+        delete m;  // unmapped when the last executor reading it is done too
       },
       mapping);
 }

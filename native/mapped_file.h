@@ -1,9 +1,22 @@
 #pragma once
+#include <memory>
 #include <napi.h>
 
 namespace vgg {
 // mapFile(path) -> ArrayBuffer over a private, copy-on-write mapping of the whole file.
 // The pages stay shared with the page cache (and other processes) unless written to;
-// the mapping is released when the ArrayBuffer is collected.
+// the mapping is released when the ArrayBuffer is collected and no executor uses it.
+// As with every mmap-based loader, a file truncated or rewritten in place under a live
+// mapping faults or changes what the model reads; replace weights files by rename.
 Napi::Value MapFile(const Napi::CallbackInfo& info);
+
+// The memory behind a mapFile() ArrayBuffer. The ArrayBuffer holds one reference; an executor
+// that reads weights from it holds another, so the memory outlives the environment's teardown.
+struct Mapping {
+  void* addr;
+  size_t length;
+  ~Mapping();
+};
+// The mapping that contains p, or null.
+std::shared_ptr<Mapping> findMapping(const void* p);
 }
