@@ -3,6 +3,7 @@
     "target_name": "vggnet",
     "sources": [
       "native/addon.cc",
+      "native/backend.cc",
       "native/executor.cc",
       "native/mapped_file.cc",
       "native/onednn/backend.cc",
@@ -10,7 +11,7 @@
       "native/onednn/weight_cache.cc"
     ],
     "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
-    "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],
+    "defines": ["VGG_WITH_ONEDNN", "NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],
     "cflags!": ["-fno-exceptions"],
     "cflags_cc!": ["-fno-exceptions", "-fno-rtti"],
     "cflags_cc": ["-std=c++17", "-fexceptions", "-fopenmp", "-O2"],

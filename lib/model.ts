@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import { VggError, argError, describe } from './errors';
+import { backendError, checkPrecision, cudaIndex, cudaLibraryDirs, type Device, type Precision } from './device';
 import { native, type NativeExecutor, type NativePlan } from './native';
 import { parseSafetensors, type Tensor } from './safetensors';
 import { blobNames, countParams, inferShapes, lastWidth, LRN, type Arch, type CfgItem, type Head } from './topology';
@@ -11,6 +12,10 @@ export interface LoadOptions {
   head?: Head;
   /** oneDNN threads for this model; all cores by default. */
   threads?: number;
+  /** 'cpu' (oneDNN, the default), 'cuda' or 'cuda:N' (cuDNN and cuBLASLt). */
+  device?: Device;
+  /** 'fp32' (the default); on a GPU also 'bf16' or 'fp16'. Blobs are float32 either way. */
+  precision?: Precision;
 }
 
 export interface RunOptions {
@@ -64,12 +69,17 @@ function checkHead(value: unknown, name: string): Head {
  * memory rather than read. The returned model runs on its own native thread.
  */
 export async function loadModel(file: string, options?: LoadOptions): Promise<Model> {
-  const opts = checkOptions<LoadOptions>(options, 'options', ['head', 'threads']);
+  const opts = checkOptions<LoadOptions>(options, 'options', ['head', 'threads', 'device', 'precision']);
   const head = checkHead(opts.head ?? 'fixed', 'options.head');
   const threads = opts.threads ?? os.availableParallelism();
   if (!Number.isSafeInteger(threads) || threads < 1 || threads > 1024) throw argError('options.threads', 'an integer from 1 to 1024', opts.threads);
 
-  return new Model(await openWeights(file), head, threads);
+  const device = opts.device ?? 'cpu';
+  const cudaDevice = cudaIndex(device);
+  const precision = checkPrecision(opts.precision ?? 'fp32', cudaDevice >= 0);
+  const model = new Model(await openWeights(file), { head, threads, device, precision, cudaDevice });
+  await model.started();
+  return model;
 }
 
 /**
@@ -100,17 +110,33 @@ export class Model {
   readonly info: ModelInfo;
   readonly head: Head;
   readonly threads: number;
+  readonly device: Device;
+  readonly precision: Precision;
   #executor: NativeExecutor;
   #disposed: Promise<void> | undefined;
   #weights: BoundWeights;
 
   /** Use loadModel(). */
-  constructor(weights: BoundWeights, head: Head, threads: number) {
+  constructor(weights: BoundWeights, settings: { head: Head; threads: number; device: Device; precision: Precision; cudaDevice: number }) {
+    const { head, threads, device, precision, cudaDevice } = settings;
     this.info = archInfo(weights.arch, weights.naming);
     this.head = head;
     this.threads = threads;
+    this.device = device;
+    this.precision = precision;
     this.#weights = weights;
-    this.#executor = new (native().Executor)(buildPlan(weights, threads));
+    const libraryDirs = cudaDevice >= 0 ? cudaLibraryDirs() : [];
+    this.#executor = new (native().Executor)({ ...buildPlan(weights), threads, cudaDevice, precision, libraryDirs });
+  }
+
+  /** Resolves once the backend runs (a GPU one has its context and weights); else disposes. */
+  async started(): Promise<void> {
+    try {
+      await this.#executor.ready;
+    } catch (e) {
+      await this.dispose();
+      throw backendError(this.device, (e as Error).message);
+    }
   }
 
   /** Jobs queued or running on this model's native thread. */
@@ -210,14 +236,13 @@ function meanOfHalves(prob: Float32Array): Float32Array {
 }
 
 /** The network for the addon: every layer in order with its weights, already checked. */
-function buildPlan(weights: BoundWeights, threads: number): NativePlan {
+function buildPlan(weights: BoundWeights): Pick<NativePlan, 'lastC' | 'features' | 'fc'> {
   let conv = 0;
   const features = bindFeatureOps(weights, () => weights.convs[conv++]);
   const c = lastWidth(weights.arch);
   const [fc6, fc7, fc8] = weights.fc;
   const { fcHidden, classes } = weights.arch;
   return {
-    threads,
     lastC: c,
     features,
     fc: [

@@ -9,8 +9,15 @@ export type NativeFeatureOp =
 
 export interface NativeFcOp { inF: number; outF: number; weight: Float32Array; bias: Float32Array }
 
+export type Precision = 'fp32' | 'bf16' | 'fp16';
+
 export interface NativePlan {
   threads: number;
+  /** -1 for the CPU, else the CUDA device index. */
+  cudaDevice: number;
+  precision: Precision;
+  /** Folders to look in for libcudnn.so.9 and libcublasLt.so.13 (before the loader path). */
+  libraryDirs: string[];
   lastC: number;
   features: NativeFeatureOp[];
   fc: [NativeFcOp, NativeFcOp, NativeFcOp];
@@ -21,11 +28,19 @@ export interface NativeExecutor {
   run(input: Float32Array, n: number, h: number, w: number, dense: boolean, captures: [number, Float32Array][]): Promise<void>;
   dispose(): Promise<void>;
   readonly pending: number;
+  /** Settles once the backend has started (a GPU backend has its context and weights). */
+  readonly ready: Promise<void>;
 }
 
 interface Addon {
   mapFile(file: string): ArrayBuffer;
-  versions(): { onednn: string; isa: string };
+  /** What this build has; a backend it lacks is null. */
+  versions(): { onednn: string | null; isa: string | null; cuda: string | null };
+  /** null in a build without the CUDA backend. */
+  cudaProbe(libraryDirs: string[]): {
+    cudnn?: string; cudnnVersion?: number; cublasLt?: string; cublasLtVersion?: number; librariesError?: string;
+    devices?: number; devicesError?: string;
+  };
   Executor: new (plan: NativePlan) => NativeExecutor;
 }
 

@@ -3,18 +3,49 @@
 #include <napi.h>
 #include "executor.h"
 #include "mapped_file.h"
+#ifdef VGG_WITH_ONEDNN
 #include "onednn/backend.h"
+#endif
+#ifdef VGG_WITH_CUDA
+#include "cuda/backend.h"
+#include "cuda/probe.h"
+#endif
 
 namespace {
 
+// What this build has: a backend missing here is null.
 Napi::Value Versions(const Napi::CallbackInfo& info) {
-  Napi::Object out = Napi::Object::New(info.Env());
+  Napi::Env env = info.Env();
+  Napi::Object out = Napi::Object::New(env);
+#ifdef VGG_WITH_ONEDNN
   out.Set("onednn", vgg::onednn::versionString());
   out.Set("isa", vgg::onednn::isaName());
+#else
+  out.Set("onednn", env.Null());
+  out.Set("isa", env.Null());
+#endif
+#ifdef VGG_WITH_CUDA
+  out.Set("cuda", vgg::cuda::runtimeVersionString());
+#else
+  out.Set("cuda", env.Null());
+#endif
   return out;
 }
 
+// cudaProbe(libraryDirs): what vggnet's CUDA backend would find here (null without one).
+Napi::Value CudaProbe(const Napi::CallbackInfo& info) {
+#ifdef VGG_WITH_CUDA
+  std::vector<std::string> dirs;
+  Napi::Array js = info[0].As<Napi::Array>();
+  for (uint32_t i = 0; i < js.Length(); i++) dirs.push_back(js.Get(i).As<Napi::String>());
+  return vgg::cuda::probe(info.Env(), dirs);
+#else
+  return info.Env().Null();
+#endif
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("cudaProbe", Napi::Function::New(env, CudaProbe, "cudaProbe"));
   exports.Set("mapFile", Napi::Function::New(env, vgg::MapFile, "mapFile"));
   exports.Set("versions", Napi::Function::New(env, Versions, "versions"));
   exports.Set("Executor", vgg::Executor::Define(env));

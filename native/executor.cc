@@ -1,9 +1,9 @@
 #include "executor.h"
 
 #include <algorithm>
-#include <omp.h>
 #include "mapped_file.h"
-#include "onednn/backend.h"
+#include <stdexcept>
+#include "backend.h"
 
 namespace vgg {
 
@@ -15,6 +15,11 @@ const float* floats(const Napi::Value& v) { return v.As<Napi::Float32Array>().Da
 Plan readPlan(const Napi::Object& js) {
   Plan plan;
   plan.threads = js.Get("threads").As<Napi::Number>().Int32Value();
+  plan.cudaDevice = js.Get("cudaDevice").As<Napi::Number>().Int32Value();
+  const std::string precision = js.Get("precision").As<Napi::String>();
+  plan.precision = precision == "bf16" ? Precision::BF16 : precision == "fp16" ? Precision::F16 : Precision::F32;
+  Napi::Array dirs = js.Get("libraryDirs").As<Napi::Array>();
+  for (uint32_t i = 0; i < dirs.Length(); i++) plan.libraryDirs.push_back(dirs.Get(i).As<Napi::String>());
   plan.lastC = js.Get("lastC").As<Napi::Number>().Int32Value();
   Napi::Array features = js.Get("features").As<Napi::Array>();
   for (uint32_t i = 0; i < features.Length(); i++) {
@@ -53,7 +58,7 @@ Plan readPlan(const Napi::Object& js) {
 Napi::Function Executor::Define(Napi::Env env) {
   return DefineClass(env, "Executor",
                      {InstanceMethod<&Executor::Run>("run"), InstanceMethod<&Executor::Dispose>("dispose"),
-                      InstanceAccessor<&Executor::Pending>("pending")});
+                      InstanceAccessor<&Executor::Pending>("pending"), InstanceAccessor<&Executor::Ready>("ready")});
 }
 
 Executor::Executor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Executor>(info) {
@@ -71,6 +76,9 @@ Executor::Executor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Executor>(
   };
   for (const FeatureOp& op : plan_.features) if (op.kind == OpKind::Conv) { hold(op.weight); hold(op.bias); }
   for (const FcOp& fc : plan_.fc) { hold(fc.weight); hold(fc.bias); }
+  auto* init = new Job{JobKind::Init, {}, {}, Napi::Promise::Deferred::New(env), {}};
+  ready_ = Napi::Persistent(init->deferred.Promise());
+  enqueue(init);
   thread_ = std::thread([this, keep = std::move(keep)] { loop(); });
   napi_add_env_cleanup_hook(env, onEnvCleanup, this);
 }
@@ -86,7 +94,7 @@ void Executor::onEnvCleanup(void* self) { static_cast<Executor*>(self)->stopAndJ
 Napi::Value Executor::Run(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (disposing_) throw Napi::Error::New(env, "executor is disposed");
-  auto* job = new Job{{}, false, {}, Napi::Promise::Deferred::New(env), {}};
+  auto* job = new Job{JobKind::Run, {}, {}, Napi::Promise::Deferred::New(env), {}};
   RunRequest& r = job->request;
   r.input = floats(info[0]);
   r.n = info[1].As<Napi::Number>().Int32Value();
@@ -109,7 +117,7 @@ Napi::Value Executor::Run(const Napi::CallbackInfo& info) {
 // Finishes the queued jobs, then frees the backend and the pinned weights.
 Napi::Value Executor::Dispose(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  auto* job = new Job{{}, true, {}, Napi::Promise::Deferred::New(env), {}};
+  auto* job = new Job{JobKind::Stop, {}, {}, Napi::Promise::Deferred::New(env), {}};
   Napi::Promise promise = job->deferred.Promise();
   if (disposing_) {
     job->deferred.Resolve(env.Undefined());
@@ -123,6 +131,8 @@ Napi::Value Executor::Dispose(const Napi::CallbackInfo& info) {
 
 Napi::Value Executor::Pending(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), pending_); }
 
+Napi::Value Executor::Ready(const Napi::CallbackInfo&) { return ready_.Value(); }
+
 void Executor::enqueue(Job* job) {
   if (pending_++ == 0) {
     completion_.Ref(Env());
@@ -135,45 +145,44 @@ void Executor::enqueue(Job* job) {
   wake_.notify_one();
 }
 
+// The first job is always the one `ready` settles: the backend is created here, off the JS
+// thread, because a GPU backend creates a context and uploads the weights.
 void Executor::loop() {
-  omp_set_num_threads(plan_.threads);  // OpenMP settings are per calling thread
-  std::unique_ptr<onednn::Backend> backend;
-  std::string init_error;
-  try {
-    backend = std::make_unique<onednn::Backend>(plan_);
-  } catch (const std::exception& e) {
-    init_error = std::string("oneDNN engine: ") + e.what();
-  }
+  std::unique_ptr<Backend> backend;
   for (;;) {
     Job* job;
+    const RunRequest* next = nullptr;
     {
       std::unique_lock<std::mutex> lock(mutex_);
       wake_.wait(lock, [this] { return !queue_.empty(); });
       job = queue_.front();
       queue_.pop_front();
+      // Queued jobs stay put until this thread pops them, so the pointer outlives the run.
+      if (!queue_.empty() && queue_.front() && queue_.front()->kind == JobKind::Run) next = &queue_.front()->request;
     }
     if (job == nullptr) return;  // silent stop: the JS side is already gone
-    if (job->stop) {
-      backend.reset();
-      completion_.NonBlockingCall(job);
-      return;
-    }
     try {
-      if (!backend) throw std::runtime_error(init_error);
-      backend->run(job->request);
-    } catch (const dnnl::error& e) {
-      job->error = std::string("oneDNN: ") + e.what() + " (status " + std::to_string(e.status) + ")";
+      switch (job->kind) {
+        case JobKind::Init: backend = makeBackend(plan_); break;
+        case JobKind::Run:
+          if (!backend) throw std::runtime_error("the backend failed to start");
+          backend->run(job->request, next);
+          break;
+        case JobKind::Stop: backend.reset(); break;
+      }
     } catch (const std::exception& e) {
       job->error = e.what();
     }
+    const bool stop = job->kind == JobKind::Stop;  // once handed over, the job belongs to the JS thread
     completion_.NonBlockingCall(job);
+    if (stop) return;
   }
 }
 
 void Executor::Complete(Napi::Env env, Napi::Function, Executor* self, Job* job) {
   std::unique_ptr<Job> owned(job);
   if (env == nullptr) return;  // the environment is shutting down
-  if (job->stop && self->thread_.joinable()) self->thread_.join();
+  if (job->kind == JobKind::Stop && self->thread_.joinable()) self->thread_.join();
   try {
     if (job->error.empty()) job->deferred.Resolve(env.Undefined());
     else job->deferred.Reject(Napi::Error::New(env, job->error).Value());
@@ -184,7 +193,7 @@ void Executor::Complete(Napi::Env env, Napi::Function, Executor* self, Job* job)
     self->completion_.Unref(env);
     self->Unref();
   }
-  if (job->stop) {
+  if (job->kind == JobKind::Stop) {
     self->plan_ref_.Reset();
     self->completion_.Release();
   }

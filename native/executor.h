@@ -21,9 +21,10 @@ class Executor : public Napi::ObjectWrap<Executor> {
 
  private:
   // The baton: everything a job needs, with its JS inputs pinned until it completes.
+  enum class JobKind { Init, Run, Stop };
   struct Job {
+    JobKind kind;
     RunRequest request;
-    bool stop = false;
     std::string error;
     Napi::Promise::Deferred deferred;
     std::vector<Napi::Reference<Napi::Value>> pins;
@@ -34,6 +35,7 @@ class Executor : public Napi::ObjectWrap<Executor> {
   Napi::Value Run(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
   Napi::Value Pending(const Napi::CallbackInfo& info);
+  Napi::Value Ready(const Napi::CallbackInfo& info);
 
   void enqueue(Job* job);
   void loop();
@@ -42,6 +44,7 @@ class Executor : public Napi::ObjectWrap<Executor> {
 
   Plan plan_;
   Napi::ObjectReference plan_ref_;  // keeps the weight arrays (and the mapped file) alive
+  Napi::Reference<Napi::Promise> ready_;  // settles once the backend has started
   Completion completion_;
   std::thread thread_;
   std::mutex mutex_;

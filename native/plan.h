@@ -2,6 +2,7 @@
 // The backend compiles a Plan for each input shape; it trusts every field.
 #pragma once
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace vgg {
@@ -26,8 +27,15 @@ struct FcOp {
   const float* bias = nullptr;
 };
 
+// The arithmetic the backend uses; blobs handed back are float32 whatever it is.
+enum class Precision { F32, BF16, F16 };
+
 struct Plan {
   int threads = 1;
+  // -1 for the CPU (oneDNN), otherwise the CUDA device index.
+  int cudaDevice = -1;
+  Precision precision = Precision::F32;
+  std::vector<std::string> libraryDirs;  // where to look for cuDNN and cuBLASLt
   std::vector<FeatureOp> features;
   FcOp fc[3];         // fc6, fc7, fc8
   int lastC = 0;      // channels of pool5

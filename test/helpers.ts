@@ -5,8 +5,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { readF32, readSafetensorsFile, type Tensor } from '../lib/safetensors';
 
-/** The read-only PyTorch fixtures (tests compile to dist/test). */
-export const FIXTURES = path.resolve(__dirname, '../../../shared/fixtures');
+/** The read-only PyTorch fixtures (tests compile to dist/test); VGGNET_FIXTURES moves them (the GPU machine). */
+export const FIXTURES = process.env.VGGNET_FIXTURES ?? path.resolve(__dirname, '../../../shared/fixtures');
 export const fixture = (name: string) => path.join(FIXTURES, name);
 
 /** Every tensor of a safetensors file as float32. */

@@ -1,19 +1,39 @@
 #include "backend.h"
 
+#include <omp.h>
+#include <stdexcept>
 #include <string>
 
 namespace vgg::onednn {
 
-Backend::Backend(const Plan& plan)
-    : plan_(plan), engine_(dnnl::engine::kind::cpu, 0), stream_(engine_), weights_(engine_) {}
-
-void Backend::run(const RunRequest& r) {
-  auto key = std::make_tuple(r.n, r.h, r.w, r.head);
-  auto it = nets_.find(key);
-  if (it == nets_.end()) {
-    it = nets_.emplace(key, std::make_unique<Net>(plan_, weights_, engine_, stream_, r.n, r.h, r.w, r.head)).first;
+namespace {
+// oneDNN's exceptions carry a status the message alone does not show.
+template <typename F>
+auto rethrowing(F&& f) {
+  try {
+    return f();
+  } catch (const dnnl::error& e) {
+    throw std::runtime_error(std::string("oneDNN: ") + e.what() + " (status " + std::to_string(e.status) + ")");
   }
-  it->second->run(r, stream_);
+}
+}  // namespace
+
+Backend::Backend(const Plan& plan)
+    : threads_((omp_set_num_threads(plan.threads), plan.threads)),  // per thread: this is the executor's
+      plan_(plan),
+      engine_(rethrowing([] { return dnnl::engine(dnnl::engine::kind::cpu, 0); })),
+      stream_(engine_),
+      weights_(engine_) {}
+
+void Backend::run(const RunRequest& r, const RunRequest* /* next: nothing to prefetch on a CPU */) {
+  rethrowing([&] {
+    auto key = std::make_tuple(r.n, r.h, r.w, r.head);
+    auto it = nets_.find(key);
+    if (it == nets_.end()) {
+      it = nets_.emplace(key, std::make_unique<Net>(plan_, weights_, engine_, stream_, r.n, r.h, r.w, r.head)).first;
+    }
+    it->second->run(r, stream_);
+  });
 }
 
 std::string versionString() {

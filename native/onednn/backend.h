@@ -4,18 +4,20 @@
 #include <map>
 #include <memory>
 #include <tuple>
+#include "../backend.h"
 #include "../plan.h"
 #include "net.h"
 #include "weight_cache.h"
 
 namespace vgg::onednn {
 
-class Backend {
+class Backend : public vgg::Backend {
  public:
   explicit Backend(const Plan& plan);
-  void run(const RunRequest& request);
+  void run(const RunRequest& request, const RunRequest* next) override;
 
  private:
+  int threads_;
   const Plan& plan_;
   dnnl::engine engine_;
   dnnl::stream stream_;
