@@ -7,7 +7,9 @@ export type VggErrorCode =
   | 'E_WEIGHTS_EXTRA' // a tensor the network does not know
   | 'E_IO' // the file system said no
   | 'E_DISPOSED' // the model was disposed
-  | 'E_BACKEND'; // the native backend failed
+  | 'E_BACKEND' // the native backend failed
+  | 'E_IMAGE' // an image that cannot be decoded, or too large to try
+  | 'E_FETCH'; // a download failed: the network, the server's answer or the file's checksum
 
 export class VggError extends Error {
   readonly code: VggErrorCode;

@@ -1,6 +1,8 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
+import { classify, type ClassifyOptions, type Prediction } from './classify';
 import { VggError, argError, describe } from './errors';
+import { extract, type ExtractOptions, type ExtractRecord, type ExtractSource } from './extract';
 import { backendError, checkPrecision, cudaIndex, cudaLibraryDirs, type Device, type Precision } from './device';
 import { native, type NativeExecutor, type NativePlan } from './native';
 import { parseSafetensors, type Tensor } from './safetensors';
@@ -185,6 +187,16 @@ export class Model {
     }
     if (flip) out.prob = { data: meanOfHalves(captures[wanted.indexOf('prob')][1]), shape: [n, this.info.classes] };
     return out;
+  }
+
+  /** The most probable classes of an image file or buffer: see classify(). */
+  classify(image: string | Buffer, options?: ClassifyOptions): Promise<Prediction[]> {
+    return classify(this, image, options);
+  }
+
+  /** Features of a stream of images, in input order, with decoding overlapping inference: see extract(). */
+  extract(source: ExtractSource, options?: ExtractOptions): AsyncGenerator<ExtractRecord, void, undefined> {
+    return extract(this, source, options);
   }
 
   /** Finishes queued runs, then frees the native thread, primitives and weights. */

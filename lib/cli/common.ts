@@ -38,6 +38,11 @@ export function commaList(value: string): string[] {
   return items;
 }
 
+/** Comma-separated positive integers, like 256,384,512. */
+export function positiveIntList(value: string): number[] {
+  return value.split(',').map((s) => positiveInt(s.trim()));
+}
+
 /** `HxW` in pixels, as [h, w]. */
 export function imageSize(value: string): [number, number] {
   const m = /^(\d+)x(\d+)$/i.exec(value);

@@ -3,7 +3,10 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Command, CommanderError } from 'commander';
 import { reportError } from './common';
+import { registerClassify } from './classify';
 import { registerConvert } from './convert';
+import { registerExtract } from './extract';
+import { registerFetch } from './fetch';
 import { registerInfo } from './info';
 import { registerRun } from './run';
 
@@ -21,6 +24,9 @@ const program = new Command('vgg')
 registerRun(program);
 registerInfo(program);
 registerConvert(program);
+registerFetch(program);
+registerClassify(program);
+registerExtract(program);
 
 program.parseAsync(process.argv).catch((e: unknown) => {
   if (e instanceof CommanderError && e.code === 'commander.help') {

@@ -1,0 +1,182 @@
+import * as os from 'node:os';
+import { VggError, argError } from './errors';
+import type { Model, Outputs } from './model';
+import { checkKeys, preprocess, type PreprocessOptions } from './preprocess';
+import type { Tensor } from './safetensors';
+
+/** An image: a file path, or the bytes of an encoded image (JPEG, PNG, WebP, ...). */
+export type ImageInput = string | Buffer;
+export type ExtractSource = ImageInput | Iterable<ImageInput> | AsyncIterable<ImageInput>;
+
+export interface ExtractOptions {
+  /** Blobs to return for every image; ['fc7'] by default. */
+  outputs?: string[];
+  /** Images per model.run; 32 by default. */
+  batchSize?: number;
+  /** How images become tensors (preprocess()'s options): resize 256, crop 224, torchvision by default. */
+  preprocess?: PreprocessOptions;
+  /** 'record' (the default): an unreadable image gives a record with `error`; 'throw': the stream throws it. */
+  onError?: 'record' | 'throw';
+  /** Images decoded at once; the number of cores by default. */
+  concurrency?: number;
+}
+
+export interface ExtractRecord {
+  /** The image's path, or `buffer:<index>` for a Buffer (its position in the source). */
+  id: string;
+  /** Each requested blob of this image alone, shape [1, ...]. Absent when `error` is set. */
+  outputs?: Outputs;
+  error?: VggError;
+}
+
+const ON_ERROR = ['record', 'throw'] as const;
+
+/**
+ * Features of a stream of images, one record per image in input order. Decoding runs ahead of
+ * inference (the next batch is decoded while the model runs this one), but only so far ahead:
+ * every stage holds a bounded number of images, and nothing is pulled from `source` until there
+ * is room, so memory stays flat however long the source is and however slowly the records are
+ * consumed. An image that cannot be read or decoded (E_IMAGE, E_IO) gives an error record, or
+ * ends the stream with `onError: 'throw'`; any other failure ends the stream.
+ */
+export function extract(model: Model, source: ExtractSource, options?: ExtractOptions): AsyncGenerator<ExtractRecord, void, undefined> {
+  const opts = checkKeys(options, 'options', ['outputs', 'batchSize', 'preprocess', 'onError', 'concurrency']);
+  const batchSize = checkCount(opts.batchSize ?? 32, 'options.batchSize');
+  const concurrency = checkCount(opts.concurrency ?? os.availableParallelism(), 'options.concurrency');
+  const onError = opts.onError ?? 'record';
+  if (!ON_ERROR.includes(onError)) throw argError('options.onError', `one of ${ON_ERROR.join(', ')}`, onError);
+  if (!isImage(source) && !isIterable(source)) throw argError('source', 'an image path, a Buffer, or an (async) iterable of them', source);
+  // outputs and preprocess are checked where they are used, by model.run and preprocess(), with their own messages.
+  const runOptions = { outputs: opts.outputs ?? ['fc7'] };
+
+  const decoded = mapAhead(images(source), concurrency, (item) => decode(item, opts.preprocess));
+  // Two batches in flight: the next one is queued on the native thread while this one's records go out.
+  const results = mapAhead(batches(decoded, batchSize), 2, (batch) => infer(model, batch, runOptions));
+  return (async function* () {
+    for await (const records of results) {
+      for (const record of records) {
+        if (record.error && onError === 'throw') throw record.error;
+        yield record;
+      }
+    }
+  })();
+}
+
+interface Item { id: string; image: ImageInput }
+interface Decoded { id: string; tensor?: Tensor; error?: VggError }
+
+const isImage = (v: unknown): v is ImageInput => (typeof v === 'string' && v.length > 0) || Buffer.isBuffer(v);
+const isIterable = (v: unknown): v is Iterable<unknown> | AsyncIterable<unknown> =>
+  typeof v === 'object' && v !== null && (Symbol.iterator in v || Symbol.asyncIterator in v);
+
+function checkCount(value: unknown, name: string): number {
+  if (!Number.isSafeInteger(value) || (value as number) < 1) throw argError(name, 'a positive integer', value);
+  return value as number;
+}
+
+/** The source's images with their ids; a single path or Buffer is a source of one. */
+async function* images(source: ExtractSource): AsyncGenerator<Item> {
+  let index = 0;
+  for await (const image of isImage(source) ? [source] : source) {
+    if (!isImage(image)) throw argError(`source item ${index}`, 'an image path or a Buffer', image);
+    yield { id: typeof image === 'string' ? image : `buffer:${index}`, image };
+    index++;
+  }
+}
+
+async function decode({ id, image }: Item, options: PreprocessOptions | undefined): Promise<Decoded> {
+  try {
+    return { id, tensor: await preprocess(image, options) };
+  } catch (e) {
+    // An unreadable or undecodable image is that image's problem; a bad option or a bug is everyone's.
+    if (e instanceof VggError && (e.code === 'E_IMAGE' || e.code === 'E_IO')) return { id, error: e };
+    throw e;
+  }
+}
+
+/**
+ * Runs a batch, one model.run per image size (a batch must be one size; the default 224 crop
+ * makes them all one), and gives its records back in input order. Each record's blobs are views
+ * of the batch's output: no copy.
+ */
+async function infer(model: Model, batch: Decoded[], runOptions: { outputs: string[] }): Promise<ExtractRecord[]> {
+  const records: ExtractRecord[] = batch.map(({ id, error }) => (error ? { id, error } : { id }));
+  await Promise.all([...sizeGroups(batch).values()].map(async (rows) => {
+    const out = await model.run(stack(rows.map((i) => batch[i].tensor!)), runOptions);
+    rows.forEach((i, row) => { records[i].outputs = rowOf(out, row); });
+  }));
+  return records;
+}
+
+/** Positions of the decoded images in a batch, by image size. */
+function sizeGroups(batch: Decoded[]): Map<string, number[]> {
+  const groups = new Map<string, number[]>();
+  batch.forEach(({ tensor }, i) => {
+    if (!tensor) return;
+    const key = tensor.shape.join('x');
+    const group = groups.get(key);
+    if (group) group.push(i);
+    else groups.set(key, [i]);
+  });
+  return groups;
+}
+
+/** [1, 3, h, w] tensors of one size as a batch [n, 3, h, w]. */
+function stack(tensors: Tensor[]): Tensor {
+  const [, c, h, w] = tensors[0].shape;
+  const data = new Float32Array(tensors.length * c * h * w);
+  tensors.forEach((t, i) => data.set(t.data, i * t.data.length));
+  return { data, shape: [tensors.length, c, h, w] };
+}
+
+function rowOf(outputs: Outputs, row: number): Outputs {
+  const out: Outputs = {};
+  for (const [name, { data, shape }] of Object.entries(outputs)) {
+    const size = data.length / shape[0];
+    out[name] = { data: data.subarray(row * size, (row + 1) * size), shape: [1, ...shape.slice(1)] };
+  }
+  return out;
+}
+
+/** Consecutive items in arrays of `size` (the last one may be shorter). */
+async function* batches<T>(items: AsyncIterable<T>, size: number): AsyncGenerator<T[]> {
+  let batch: T[] = [];
+  for await (const item of items) {
+    batch.push(item);
+    if (batch.length === size) {
+      yield batch;
+      batch = [];
+    }
+  }
+  if (batch.length) yield batch;
+}
+
+type Settled<R> = { ok: true; value: R } | { ok: false; error: unknown };
+
+/**
+ * `fn` of every item, in input order, with up to `ahead` calls started before their results are
+ * wanted. At most `ahead` results are held: an item is pulled only when one is taken, which is the
+ * backpressure that keeps every stage bounded. A rejection is rethrown at its item's position.
+ */
+async function* mapAhead<T, R>(items: AsyncIterable<T>, ahead: number, fn: (item: T) => Promise<R>): AsyncGenerator<R> {
+  const source = items[Symbol.asyncIterator]();
+  // Settled, so that calls still running when the consumer stops cannot become unhandled rejections.
+  const queue: Promise<Settled<R>>[] = [];
+  let exhausted = false;
+  try {
+    for (;;) {
+      while (!exhausted && queue.length < ahead) {
+        const next = await source.next();
+        if (next.done) exhausted = true;
+        else queue.push(fn(next.value).then((value) => ({ ok: true, value }), (error: unknown) => ({ ok: false, error })));
+      }
+      const head = queue.shift();
+      if (!head) return;
+      const result = await head;
+      if (!result.ok) throw result.error;
+      yield result.value;
+    }
+  } finally {
+    if (!exhausted) await source.return?.();
+  }
+}

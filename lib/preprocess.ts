@@ -1,0 +1,154 @@
+import * as fs from 'node:fs';
+import type Sharp from 'sharp';
+import { VggError, argError } from './errors';
+import type { Tensor } from './safetensors';
+
+// sharp (libvips) loads on first use: a process that only runs tensors never pays for it.
+let sharpModule: typeof Sharp | undefined;
+function sharp(...args: Parameters<typeof Sharp>): ReturnType<typeof Sharp> {
+  sharpModule ??= require('sharp') as typeof Sharp;
+  return sharpModule(...args);
+}
+
+/**
+ * How pixels become network input. `torchvision`: RGB, /255, ImageNet mean and std (what
+ * torchvision's and timm's weights expect). `caffe`: BGR, 0-255, mean subtracted, no std (the
+ * original VGG release, and Keras).
+ */
+export type Preset = 'torchvision' | 'caffe';
+
+export interface PreprocessOptions {
+  preset?: Preset;
+  /** The shorter side is resized to this (256 by default); for the dense head, the scale Q. */
+  size?: number;
+  /** Side of the center crop (224 by default); false keeps the whole resized image (dense head). */
+  crop?: number | false;
+  /** Images with more input pixels than this are refused (decompression bombs); 100e6 by default. */
+  maxPixels?: number;
+}
+
+export const PRESETS: readonly Preset[] = ['torchvision', 'caffe'];
+
+/** Per channel of the output tensor: which RGB channel it takes, and value = pixel * scale + offset. */
+interface Normalization { source: [number, number, number]; scale: number[]; offset: number[] }
+
+const NORMALIZATION: Record<Preset, Normalization> = (() => {
+  const mean = [0.485, 0.456, 0.406];
+  const std = [0.229, 0.224, 0.225];
+  return {
+    // (pixel / 255 - mean) / std
+    torchvision: { source: [0, 1, 2], scale: std.map((s) => 1 / (255 * s)), offset: mean.map((m, c) => -m / std[c]) },
+    // pixel - mean, in B, G, R order
+    caffe: { source: [2, 1, 0], scale: [1, 1, 1], offset: [-103.939, -116.779, -123.68] },
+  };
+})();
+
+/**
+ * Decodes an image file or buffer and turns it into a network input [1, 3, h, w]: EXIF
+ * orientation applied, any pixel format made 8-bit RGB, the shorter side resized to `size`,
+ * center-cropped to `crop`, normalized per `preset`. The sizes follow torchvision's
+ * Resize(size) + CenterCrop(crop) arithmetic exactly, so that the result matches its pipeline.
+ */
+export async function preprocess(image: string | Buffer, options?: PreprocessOptions): Promise<Tensor> {
+  const { preset, size, crop, maxPixels } = checkPreprocessOptions(options);
+  const decoded = await decode(image, maxPixels);
+  const { width, height } = decoded.info;
+
+  // torchvision Resize(size): the shorter side becomes `size`, the longer one is truncated, not rounded.
+  const [w, h] = width <= height ? [size, Math.trunc((size * height) / width)] : [Math.trunc((size * width) / height), size];
+  // A sliver (say 20000x2) would grow to billions of pixels: the limit holds after resizing too.
+  if (w * h > maxPixels) throw new VggError('E_IMAGE', `image ${describeImage(image)} (${width}x${height}) resized to ${w}x${h} exceeds the pixel limit of ${maxPixels}`);
+  // torchvision CenterCrop: offsets rounded (half to even, as Python's round()).
+  const [cw, ch] = crop === false ? [w, h] : [crop, crop];
+  const left = roundHalfEven((w - cw) / 2);
+  const top = roundHalfEven((h - ch) / 2);
+
+  // The 'linear' kernel is the one that matches PIL's antialiased bilinear when shrinking (measured).
+  const pixels = await sharp(decoded.data, { raw: { width, height, channels: 3 }, limitInputPixels: false })
+    .resize(w, h, { kernel: 'linear', fit: 'fill' })
+    .extract({ left, top, width: cw, height: ch })
+    .raw()
+    .toBuffer();
+  return { data: normalize(pixels, NORMALIZATION[preset]), shape: [1, 3, ch, cw] };
+}
+
+/** Options with defaults filled in; every value checked, unknown keys refused. */
+function checkPreprocessOptions(options: PreprocessOptions | undefined): Required<PreprocessOptions> {
+  const opts = checkKeys(options, 'options', ['preset', 'size', 'crop', 'maxPixels']);
+  const preset = opts.preset ?? 'torchvision';
+  if (!PRESETS.includes(preset)) throw argError('options.preset', `one of ${PRESETS.join(', ')}`, preset);
+  const size = opts.size ?? 256;
+  if (!isPositiveInt(size)) throw argError('options.size', 'a positive integer', size);
+  const crop = opts.crop ?? 224;
+  if (crop !== false && !isPositiveInt(crop)) throw argError('options.crop', 'a positive integer or false', crop);
+  // torchvision would pad a crop larger than the image with zeros; a network input of mostly padding is a mistake.
+  if (crop !== false && crop > size) throw new VggError('E_ARG', `Expected options.crop (${crop}) to be at most options.size (${size})`);
+  const maxPixels = opts.maxPixels ?? 100e6;
+  if (!isPositiveInt(maxPixels)) throw argError('options.maxPixels', 'a positive integer', maxPixels);
+  return { preset, size, crop, maxPixels };
+}
+
+const isPositiveInt = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) > 0;
+
+/** An options object whose keys are all in `allowed` (undefined for none), or E_ARG naming the odd one. */
+export function checkKeys<T extends object>(options: T | undefined, name: string, allowed: (keyof T)[]): Partial<T> {
+  if (options === undefined) return {};
+  if (typeof options !== 'object' || options === null || Array.isArray(options)) throw argError(name, 'an object', options);
+  for (const key of Object.keys(options)) {
+    if (!allowed.includes(key as keyof T)) throw new VggError('E_ARG', `Unknown option ${name}.${key}; expected one of ${allowed.join(', ')}`);
+  }
+  return options;
+}
+
+/**
+ * The whole image as oriented 8-bit RGB, interleaved. Decoding is a pass of its own because
+ * sharp drops alpha only after resizing, and resizes alpha images premultiplied: PIL's
+ * convert('RGB') drops alpha first, keeping the colour under transparent pixels.
+ */
+async function decode(image: string | Buffer, maxPixels: number): Promise<{ data: Buffer; info: { width: number; height: number } }> {
+  const what = describeImage(image);
+  try {
+    // ignoreIcc: PIL, and so torchvision training, reads stored values without colour management.
+    return await sharp(image, { autoOrient: true, ignoreIcc: true, limitInputPixels: maxPixels })
+      .removeAlpha()
+      .toColourspace('srgb') // greyscale, palette, CMYK and 16-bit all become 8-bit RGB
+      .raw()
+      .toBuffer({ resolveWithObject: true });
+  } catch (e) {
+    if (typeof image === 'string') await checkReadable(image);
+    throw new VggError('E_IMAGE', `cannot decode image ${what}: ${(e as Error).message}`, { cause: e });
+  }
+}
+
+function describeImage(image: unknown): string {
+  if (typeof image === 'string' && image.length > 0) return image;
+  if (Buffer.isBuffer(image)) return `buffer of ${image.length} bytes`;
+  throw argError('image', 'a file path or a Buffer', image);
+}
+
+/** A file the file system refuses is E_IO, like a weights file, rather than a bad image. */
+async function checkReadable(file: string): Promise<void> {
+  try {
+    await fs.promises.access(file, fs.constants.R_OK);
+  } catch (e) {
+    throw new VggError('E_IO', `cannot read image ${file}: ${(e as Error).message}`, { cause: e });
+  }
+}
+
+/** Interleaved RGB bytes to planar float channels, through a 256-entry table per channel. */
+function normalize(pixels: Buffer, { source, scale, offset }: Normalization): Float32Array {
+  const plane = pixels.length / 3;
+  const out = new Float32Array(pixels.length);
+  for (let c = 0; c < 3; c++) {
+    const table = Float32Array.from({ length: 256 }, (_, v) => v * scale[c] + offset[c]);
+    const channel = out.subarray(c * plane, (c + 1) * plane);
+    for (let i = 0, at = source[c]; i < plane; i++, at += 3) channel[i] = table[pixels[at]];
+  }
+  return out;
+}
+
+/** Python's round(): halves go to the even neighbour. */
+function roundHalfEven(x: number): number {
+  const r = Math.round(x);
+  return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}

@@ -1,0 +1,61 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { VggError } from '../errors';
+
+/** Small writes are gathered into one write syscall per this many bytes. */
+const BUFFER_BYTES = 1 << 20;
+
+/** A file written front to back, with small pieces buffered; sync, as the writers run once at the end of a job. */
+export class Sink {
+  #fd: number;
+  #pieces: Uint8Array[] = [];
+  #buffered = 0;
+
+  constructor(fd: number) {
+    this.#fd = fd;
+  }
+
+  write(piece: Uint8Array | string): void {
+    const bytes = typeof piece === 'string' ? Buffer.from(piece) : piece;
+    this.#pieces.push(bytes);
+    this.#buffered += bytes.length;
+    if (this.#buffered >= BUFFER_BYTES) this.flush();
+  }
+
+  flush(): void {
+    if (this.#pieces.length) fs.writevSync(this.#fd, this.#pieces);
+    this.#pieces = [];
+    this.#buffered = 0;
+  }
+}
+
+/**
+ * Writes `file` through `write` under a temporary name in the same folder, flushed to the disk,
+ * then renamed over `file`: a reader (or a later --resume) sees the old file or the whole new one,
+ * never half of one.
+ */
+export function writeAtomic(file: string, write: (out: Sink) => void): void {
+  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
+  let fd: number | undefined;
+  try {
+    fd = fs.openSync(tmp, 'w');
+    const out = new Sink(fd);
+    write(out);
+    out.flush();
+    fs.fsyncSync(fd);
+    fs.closeSync(fd);
+    fd = undefined;
+    fs.renameSync(tmp, file);
+  } catch (e) {
+    if (fd !== undefined) fs.closeSync(fd);
+    fs.rmSync(tmp, { force: true });
+    throw ioError(e, `cannot write ${file}`);
+  }
+}
+
+/** A file-system failure as E_IO; a VggError (a bad row found while writing) passes through. */
+export function ioError(e: unknown, what: string): VggError {
+  if (e instanceof VggError) return e;
+  // The errno code rather than the message, which would name the temporary file.
+  return new VggError('E_IO', `${what}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, { cause: e });
+}
