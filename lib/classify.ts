@@ -1,7 +1,7 @@
 import { classNames } from './classes';
-import { VggError, argError } from './errors';
+import { VggError, argError, checkOptions } from './errors';
 import type { Model } from './model';
-import { checkKeys, preprocess, type Preset } from './preprocess';
+import { preprocess, type Preset } from './preprocess';
 
 export interface ClassifyOptions {
   /** How many classes to return, most probable first; 5 by default. */
@@ -41,7 +41,7 @@ export async function classify(model: Model, image: string | Buffer, options?: C
 }
 
 function checkClassifyOptions(options: ClassifyOptions | undefined) {
-  const opts = checkKeys(options, 'options', ['top', 'dense', 'scales', 'flip', 'preset']);
+  const opts = checkOptions(options, 'options', ['top', 'dense', 'scales', 'flip', 'preset']);
   const top = opts.top ?? 5;
   if (!Number.isSafeInteger(top) || top < 1) throw argError('options.top', 'a positive integer', top);
   const dense = opts.dense ?? false;

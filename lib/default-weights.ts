@@ -2,6 +2,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { VggError } from './errors';
+import { mulberry32 } from './random';
+import { encodeHeader } from './safetensors';
 import { FC6_WINDOW, featureLayers, lastWidth, presetArch } from './topology';
 import { archMetadata } from './weights';
 
@@ -38,7 +40,7 @@ export async function defaultWeights(options: DefaultWeightsOptions = {}): Promi
   const dir = options.cacheDir ?? cacheDir();
   const file = path.join(dir, `vgg16-random-seed${SEED}.safetensors`);
   const tensors = vgg16Tensors();
-  const header = safetensorsHeader(tensors);
+  const header = encodeHeader(tensors.map((t): [string, number[]] => [t.name, t.shape]), archMetadata(presetArch('vgg16'), 'torchvision'));
   const size = header.length + tensors.reduce((s, t) => s + 4 * t.count, 0);
   // A file of the right size was renamed into place complete: a partial one never has this name.
   if ((await fs.promises.stat(file).catch(() => undefined))?.size === size) return file;
@@ -107,24 +109,6 @@ function vgg16Tensors(): TensorSpec[] {
 }
 
 /**
- * The 8-byte length and JSON header of a safetensors file of F32 tensors stored in `specs` order.
- * encodeSafetensors would need every tensor's data in memory at once; this needs only shapes.
- */
-function safetensorsHeader(specs: TensorSpec[]): Buffer {
-  const header: Record<string, unknown> = { __metadata__: archMetadata(presetArch('vgg16'), 'torchvision') };
-  let offset = 0;
-  for (const { name, shape, count } of specs) {
-    header[name] = { dtype: 'F32', shape, data_offsets: [offset, offset + 4 * count] };
-    offset += 4 * count;
-  }
-  let json = JSON.stringify(header);
-  json += ' '.repeat((8 - (Buffer.byteLength(json) % 8)) % 8); // keeps the data 8-byte aligned
-  const length = Buffer.alloc(8);
-  length.writeBigUInt64LE(BigInt(Buffer.byteLength(json)));
-  return Buffer.concat([length, Buffer.from(json)]);
-}
-
-/**
  * Fills `out` with N(0, std^2)-like samples: the sum of four 16-bit uniforms (Irwin-Hall), scaled
  * to the std. Its bell is close to a normal's (tails end at 3.5 std) and it is three times faster
  * than Box-Muller, which matters for 138 million values.
@@ -137,16 +121,4 @@ function fillNormalish(out: Float32Array, std: number, random: () => number): vo
     const b = random();
     out[i] = ((a & 0xffff) + (a >>> 16) + (b & 0xffff) + (b >>> 16) - 131070) * scale;
   }
-}
-
-/** mulberry32: a small 32-bit PRNG that gives the same stream on every machine. */
-function mulberry32(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
-  };
 }

@@ -33,3 +33,13 @@ export function describe(value: unknown): string {
 export function argError(name: string, expected: string, value: unknown): VggError {
   return new VggError('E_ARG', `Expected ${expected} for ${name} but received ${describe(value)}`);
 }
+
+/** An options object with no keys but `allowed`; each key's value is checked by the caller. */
+export function checkOptions<T extends object>(options: T | undefined, name: string, allowed: (keyof T)[]): Partial<T> {
+  if (options === undefined) return {};
+  if (typeof options !== 'object' || options === null || Array.isArray(options)) throw argError(name, 'an object', options);
+  for (const key of Object.keys(options)) {
+    if (!allowed.includes(key as keyof T)) throw new VggError('E_ARG', `Unknown option ${name}.${key}; expected one of ${allowed.join(', ')}`);
+  }
+  return options;
+}

@@ -1,7 +1,7 @@
 import * as os from 'node:os';
-import { VggError, argError } from './errors';
+import { VggError, argError, checkOptions } from './errors';
 import type { Model, Outputs } from './model';
-import { checkKeys, preprocess, type PreprocessOptions } from './preprocess';
+import { preprocess, type PreprocessOptions } from './preprocess';
 import type { Tensor } from './safetensors';
 
 /** An image: a file path, or the bytes of an encoded image (JPEG, PNG, WebP, ...). */
@@ -40,7 +40,7 @@ const ON_ERROR = ['record', 'throw'] as const;
  * ends the stream with `onError: 'throw'`; any other failure ends the stream.
  */
 export function extract(model: Model, source: ExtractSource, options?: ExtractOptions): AsyncGenerator<ExtractRecord, void, undefined> {
-  const opts = checkKeys(options, 'options', ['outputs', 'batchSize', 'preprocess', 'onError', 'concurrency']);
+  const opts = checkOptions(options, 'options', ['outputs', 'batchSize', 'preprocess', 'onError', 'concurrency']);
   const batchSize = checkCount(opts.batchSize ?? 32, 'options.batchSize');
   const concurrency = checkCount(opts.concurrency ?? os.availableParallelism(), 'options.concurrency');
   const onError = opts.onError ?? 'record';

@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import { classify, type ClassifyOptions, type Prediction } from './classify';
-import { VggError, argError, describe } from './errors';
+import { VggError, argError, checkOptions, describe } from './errors';
 import { extract, type ExtractOptions, type ExtractRecord, type ExtractSource } from './extract';
 import { backendError, checkPrecision, cudaIndex, cudaLibraryDirs, type Device, type Precision } from './device';
 import { native, type NativeExecutor, type NativePlan } from './native';
@@ -50,17 +50,6 @@ export type Outputs = Record<string, Tensor>;
 
 const HEADS: Head[] = ['fixed', 'dense'];
 
-function checkOptions<T extends object>(options: unknown, name: string, allowed: (keyof T)[]): Partial<T> {
-  if (options === undefined) return {};
-  if (typeof options !== 'object' || options === null || Array.isArray(options)) throw argError(name, 'an object', options);
-  for (const key of Object.keys(options)) {
-    if (!allowed.includes(key as keyof T)) {
-      throw new VggError('E_ARG', `Unknown option ${name}.${key}; expected one of ${allowed.join(', ')}`);
-    }
-  }
-  return options as Partial<T>;
-}
-
 function checkHead(value: unknown, name: string): Head {
   if (!HEADS.includes(value as Head)) throw argError(name, `one of ${HEADS.join(', ')}`, value);
   return value as Head;
@@ -71,7 +60,7 @@ function checkHead(value: unknown, name: string): Head {
  * memory rather than read. The returned model runs on its own native thread.
  */
 export async function loadModel(file: string, options?: LoadOptions): Promise<Model> {
-  const opts = checkOptions<LoadOptions>(options, 'options', ['head', 'threads', 'device', 'precision']);
+  const opts = checkOptions(options as LoadOptions | undefined, 'options', ['head', 'threads', 'device', 'precision']);
   const head = checkHead(opts.head ?? 'fixed', 'options.head');
   const threads = opts.threads ?? os.availableParallelism();
   if (!Number.isSafeInteger(threads) || threads < 1 || threads > 1024) throw argError('options.threads', 'an integer from 1 to 1024', opts.threads);
@@ -159,7 +148,7 @@ export class Model {
     const callSite = new Error();
     const executor = this.#executor;
     if (this.#disposed) throw new VggError('E_DISPOSED', 'this model was disposed; load it again to run it');
-    const opts = checkOptions<RunOptions>(options, 'options', ['outputs', 'head', 'flip']);
+    const opts = checkOptions(options as RunOptions | undefined, 'options', ['outputs', 'head', 'flip']);
     const head = checkHead(opts.head ?? this.head, 'options.head');
     if (opts.flip !== undefined && typeof opts.flip !== 'boolean') throw argError('options.flip', 'a boolean', opts.flip);
     const flip = opts.flip ?? false;

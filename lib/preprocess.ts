@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import type Sharp from 'sharp';
-import { VggError, argError } from './errors';
+import { VggError, argError, checkOptions } from './errors';
 import type { Tensor } from './safetensors';
 
 // sharp (libvips) loads on first use: a process that only runs tensors never pays for it.
@@ -74,7 +74,7 @@ export async function preprocess(image: string | Buffer, options?: PreprocessOpt
 
 /** Options with defaults filled in; every value checked, unknown keys refused. */
 function checkPreprocessOptions(options: PreprocessOptions | undefined): Required<PreprocessOptions> {
-  const opts = checkKeys(options, 'options', ['preset', 'size', 'crop', 'maxPixels']);
+  const opts = checkOptions(options, 'options', ['preset', 'size', 'crop', 'maxPixels']);
   const preset = opts.preset ?? 'torchvision';
   if (!PRESETS.includes(preset)) throw argError('options.preset', `one of ${PRESETS.join(', ')}`, preset);
   const size = opts.size ?? 256;
@@ -89,16 +89,6 @@ function checkPreprocessOptions(options: PreprocessOptions | undefined): Require
 }
 
 const isPositiveInt = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) > 0;
-
-/** An options object whose keys are all in `allowed` (undefined for none), or E_ARG naming the odd one. */
-export function checkKeys<T extends object>(options: T | undefined, name: string, allowed: (keyof T)[]): Partial<T> {
-  if (options === undefined) return {};
-  if (typeof options !== 'object' || options === null || Array.isArray(options)) throw argError(name, 'an object', options);
-  for (const key of Object.keys(options)) {
-    if (!allowed.includes(key as keyof T)) throw new VggError('E_ARG', `Unknown option ${name}.${key}; expected one of ${allowed.join(', ')}`);
-  }
-  return options;
-}
 
 /**
  * The whole image as oriented 8-bit RGB, interleaved. Decoding is a pass of its own because

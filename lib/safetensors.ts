@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { VggError } from './errors';
+import { writeAtomic } from './writers/sink';
 
 /** Bytes per element of every dtype the safetensors format defines. */
 const DTYPE_SIZE: Record<string, number> = {
@@ -140,20 +140,30 @@ export function readF32(file: SafetensorsFile, entry: TensorEntry): Float32Array
   }
 }
 
-/** A safetensors file's bytes for F32 tensors: the header, then each tensor's data in order. */
-export function encodeSafetensors(tensors: Record<string, Tensor>, metadata?: Record<string, string>): Uint8Array[] {
+/**
+ * The 8-byte length and JSON header of a safetensors file whose F32 tensors follow in this
+ * order; it needs only their shapes, so a writer can stream data it has not made yet.
+ */
+export function encodeHeader(shapes: [string, number[]][], metadata?: Record<string, string>): Buffer {
   const header: Record<string, unknown> = {};
   if (metadata && Object.keys(metadata).length) header.__metadata__ = metadata;
   let offset = 0;
-  for (const [name, t] of Object.entries(tensors)) {
-    header[name] = { dtype: 'F32', shape: t.shape, data_offsets: [offset, offset + t.data.byteLength] };
-    offset += t.data.byteLength;
+  for (const [name, shape] of shapes) {
+    const bytes = 4 * shape.reduce((a, b) => a * b, 1);
+    header[name] = { dtype: 'F32', shape, data_offsets: [offset, offset + bytes] };
+    offset += bytes;
   }
   let json = JSON.stringify(header);
   json += ' '.repeat((8 - (Buffer.byteLength(json) % 8)) % 8); // keeps the data 8-byte aligned
-  const head = Buffer.alloc(8);
-  head.writeBigUInt64LE(BigInt(Buffer.byteLength(json)));
-  return [head, Buffer.from(json), ...Object.values(tensors).map((t) => new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength))];
+  const length = Buffer.alloc(8);
+  length.writeBigUInt64LE(BigInt(Buffer.byteLength(json)));
+  return Buffer.concat([length, Buffer.from(json)]);
+}
+
+/** A safetensors file's bytes for F32 tensors: the header, then each tensor's data in order. */
+export function encodeSafetensors(tensors: Record<string, Tensor>, metadata?: Record<string, string>): Uint8Array[] {
+  const header = encodeHeader(Object.entries(tensors).map(([name, t]) => [name, t.shape]), metadata);
+  return [header, ...Object.values(tensors).map((t) => new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength))];
 }
 
 /**
@@ -161,20 +171,9 @@ export function encodeSafetensors(tensors: Record<string, Tensor>, metadata?: Re
  * then a rename, so a reader never sees half a file.
  */
 export function writeSafetensors(file: string, tensors: Record<string, Tensor>, metadata?: Record<string, string>): void {
-  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
-  let fd: number | undefined;
-  try {
-    fd = fs.openSync(tmp, 'w');
-    for (const chunk of encodeSafetensors(tensors, metadata)) fs.writeSync(fd, chunk);
-    fs.closeSync(fd);
-    fd = undefined;
-    fs.renameSync(tmp, file);
-  } catch (e) {
-    if (fd !== undefined) fs.closeSync(fd);
-    fs.rmSync(tmp, { force: true });
-    const reason = (e as NodeJS.ErrnoException).code ?? (e as Error).message; // the message would name the temp file
-    throw new VggError('E_IO', `cannot write ${file}: ${reason}`, { cause: e });
-  }
+  writeAtomic(file, (out) => {
+    for (const chunk of encodeSafetensors(tensors, metadata)) out.write(chunk);
+  });
 }
 
 /** Reads a whole (small) safetensors file, such as an input batch, into memory. */

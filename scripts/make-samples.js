@@ -7,20 +7,15 @@
 'use strict';
 const path = require('node:path');
 const sharp = require('sharp');
+const { mulberry32 } = require('../dist/lib/random'); // npm run build:ts first
 
 const OUT = path.resolve('samples');
 const COFFEE = path.resolve('../shared/fixtures/images/coffee.png');
 
-/** mulberry32: seeded uniform numbers in [0, 1), so that the images come out the same each run. */
+/** Seeded uniform numbers in [0, 1), so that the images come out the same each run. */
 function random(seed) {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const next = mulberry32(seed);
+  return () => next() / 4294967296;
 }
 
 const svg = (w, h, body) => Buffer.from(`<svg xmlns="http://www.w3.org/2000/svg" width="${w}" height="${h}">${body}</svg>`);

@@ -3,6 +3,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { mulberry32 } from '../lib/random';
 import { readF32, readSafetensorsFile, type Tensor } from '../lib/safetensors';
 
 /** The read-only PyTorch fixtures (tests compile to dist/test); VGGNET_FIXTURES moves them (the GPU machine). */
@@ -31,14 +32,8 @@ export function relError(actual: ArrayLike<number>, expected: ArrayLike<number>)
 
 /** Seeded PRNG (mulberry32): uniform in [0, 1). */
 export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const next = mulberry32(seed);
+  return () => next() / 4294967296;
 }
 
 /** A reproducible NCHW input batch [n, 3, h, w] with values in [-2, 2). */
