@@ -1,4 +1,4 @@
-import { execFileSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { VggError, argError, describe } from './errors';
@@ -28,34 +28,34 @@ export function checkPrecision(precision: unknown, cuda: boolean): Precision {
   return precision as Precision;
 }
 
-let pythonDirs: string[] | undefined;
+let pythonDirs: Promise<string[]> | undefined;
 
 /**
  * Where cuDNN and cuBLASLt may be, in order: VGGNET_CUDNN_PATH (a folder or the library
  * itself), then the `lib` folders of the `nvidia-*` Python packages of `python3`.
  * The system loader path is tried after these by the addon.
  */
-export function cudaLibraryDirs(): string[] {
+export async function cudaLibraryDirs(): Promise<string[]> {
   const dirs: string[] = [];
   const env = process.env.VGGNET_CUDNN_PATH;
   if (env) dirs.push(fs.existsSync(env) && fs.statSync(env).isFile() ? path.dirname(env) : env);
   pythonDirs ??= findPythonPackageDirs();
-  return [...dirs, ...pythonDirs];
+  return [...dirs, ...(await pythonDirs)];
 }
 
-function findPythonPackageDirs(): string[] {
+/** Asks python3 (off the JS thread) where its nvidia-* wheels are; none if it cannot say. */
+function findPythonPackageDirs(): Promise<string[]> {
   // CUDA 13's wheels: cuDNN in nvidia/cudnn/lib, cuBLAS(Lt) in nvidia/cu13/lib (12's: nvidia/cublas/lib).
   const script = [
     'import glob, nvidia',
     'for d in nvidia.__path__:',
     '    for lib in sorted(glob.glob(d + "/*/lib")): print(lib)',
   ].join('\n');
-  try {
-    const out = execFileSync(process.env.VGGNET_PYTHON ?? 'python3', ['-c', script], { encoding: 'utf8', timeout: 10_000, stdio: ['ignore', 'pipe', 'ignore'] });
-    return out.split('\n').filter((d) => d && fs.existsSync(d));
-  } catch {
-    return []; // no python3, or no such packages: the loader path may still have the libraries
-  }
+  return new Promise((resolve) => {
+    execFile(process.env.VGGNET_PYTHON ?? 'python3', ['-c', script], { encoding: 'utf8', timeout: 10_000 }, (err, out) => {
+      resolve(err ? [] : out.split('\n').filter((d) => d && fs.existsSync(d)));
+    });
+  });
 }
 
 /** A backend that would not start, with the fix when the reason suggests one (the library loader names its own). */
@@ -77,11 +77,14 @@ export interface CudaStatus {
   cublasLt?: { path: string; version: number };
 }
 
-/** What the CUDA backend would find on this machine; cheap, and never throws. */
-export function cudaStatus(): CudaStatus {
+/**
+ * What the CUDA backend would find on this machine. The probe loads cuDNN and asks the driver
+ * for its GPUs (tens of milliseconds, once); it rejects only if the addon itself cannot load.
+ */
+export async function cudaStatus(): Promise<CudaStatus> {
   const runtime = native().versions().cuda;
   if (runtime === null) return { available: false, reason: backendError('cuda', 'this build of vggnet has no CUDA backend').message };
-  const p = native().cudaProbe(cudaLibraryDirs());
+  const p = native().cudaProbe(await cudaLibraryDirs());
   const status: CudaStatus = { available: false, runtime };
   if (p.cudnn !== undefined) {
     status.cudnn = { path: p.cudnn, version: p.cudnnVersion! };

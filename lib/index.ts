@@ -1,4 +1,4 @@
-export { loadModel, Model } from './model';
+export { loadModel, openWeights, Model } from './model';
 export type { LoadOptions, RunOptions, ModelInfo, Outputs } from './model';
 export { VggError } from './errors';
 export { cudaStatus } from './device';

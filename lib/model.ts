@@ -4,9 +4,9 @@ import { classify, type ClassifyOptions, type Prediction } from './classify';
 import { VggError, argError, checkOptions, describe } from './errors';
 import { extract, type ExtractOptions, type ExtractRecord, type ExtractSource } from './extract';
 import { backendError, checkPrecision, cudaIndex, cudaLibraryDirs, type Device, type Precision } from './device';
-import { native, type NativeExecutor, type NativePlan } from './native';
+import { native, type NativeExecutor, type NativeFeatureOp, type NativePlan } from './native';
 import { parseSafetensors, type Tensor } from './safetensors';
-import { blobNames, countParams, inferShapes, lastWidth, LRN, type Arch, type CfgItem, type Head } from './topology';
+import { blobNames, countParams, FC6_WINDOW, featureLayers, inferShapes, lastWidth, LRN, type Arch, type CfgItem, type Head } from './topology';
 import { bindWeights, type BoundWeights, type Naming } from './weights';
 
 export interface LoadOptions {
@@ -68,7 +68,8 @@ export async function loadModel(file: string, options?: LoadOptions): Promise<Mo
   const device = opts.device ?? 'cpu';
   const cudaDevice = cudaIndex(device);
   const precision = checkPrecision(opts.precision ?? 'fp32', cudaDevice >= 0);
-  const model = new Model(await openWeights(file), { head, threads, device, precision, cudaDevice });
+  const libraryDirs = cudaDevice >= 0 ? await cudaLibraryDirs() : [];
+  const model = new Model(await openWeights(file), { head, threads, device, precision, cudaDevice, libraryDirs });
   await model.started();
   return model;
 }
@@ -105,18 +106,18 @@ export class Model {
   readonly precision: Precision;
   #executor: NativeExecutor;
   #disposed: Promise<void> | undefined;
-  #weights: BoundWeights;
+  #arch: Arch;
 
   /** Use loadModel(). */
-  constructor(weights: BoundWeights, settings: { head: Head; threads: number; device: Device; precision: Precision; cudaDevice: number }) {
-    const { head, threads, device, precision, cudaDevice } = settings;
+  constructor(weights: BoundWeights, settings: { head: Head; threads: number; device: Device; precision: Precision; cudaDevice: number; libraryDirs: string[] }) {
+    const { head, threads, device, precision, cudaDevice, libraryDirs } = settings;
     this.info = archInfo(weights.arch, weights.naming);
     this.head = head;
     this.threads = threads;
     this.device = device;
     this.precision = precision;
-    this.#weights = weights;
-    const libraryDirs = cudaDevice >= 0 ? cudaLibraryDirs() : [];
+    this.#arch = weights.arch;
+    // The plan pins the weights (and the mapped file) in the executor until dispose() is done.
     this.#executor = new (native().Executor)({ ...buildPlan(weights), threads, cudaDevice, precision, libraryDirs });
   }
 
@@ -137,7 +138,7 @@ export class Model {
 
   /** Every blob name `run` accepts for a head. */
   blobNames(head: Head = this.head): string[] {
-    return blobNames(this.#weights.arch, head);
+    return blobNames(this.#arch, head);
   }
 
   /**
@@ -157,9 +158,9 @@ export class Model {
     const outputs = checkOutputs(opts.outputs ?? ['prob'], names);
 
     const batch = flip ? 2 * n : n;
-    const shapes = new Map(inferShapes(this.#weights.arch, batch, h, w, head).map((b) => [b.name, b.shape]));
+    const shapes = new Map(inferShapes(this.#arch, batch, h, w, head).map((b) => [b.name, b.shape]));
     const wanted = flip && !outputs.includes('prob') ? [...outputs, 'prob'] : outputs;
-    const captures = wanted.map((name): [number, Float32Array] => [names.indexOf(name), new Float32Array(shapes.get(name)!.reduce((a, b) => a * b, 1))]);
+    const captures = wanted.map((name): [number, Float32Array] => [names.indexOf(name), allocate(shapes.get(name)!, name)]);
     try {
       await executor.run(flip ? withMirror(input.data, n, h, w) : input.data, batch, h, w, head === 'dense', captures);
     } catch (e) {
@@ -195,10 +196,25 @@ export class Model {
   }
 }
 
+/** A blob's array; past what a typed array can hold (or memory allows) an E_SHAPE, not a RangeError. */
+function allocate(shape: number[], name: string): Float32Array {
+  const count = shape.reduce((a, b) => a * b, 1);
+  try {
+    return new Float32Array(count);
+  } catch (e) {
+    throw new VggError('E_SHAPE', `blob ${name} would be ${JSON.stringify(shape)} (${count} floats), more than one array can hold; run a smaller batch or input`, { cause: e });
+  }
+}
+
 function checkInput(input: Tensor): number[] {
   if (typeof input !== 'object' || input === null) throw argError('input', 'a tensor { data: Float32Array, shape: [n, 3, h, w] }', input);
   const { data, shape } = input;
   if (!(data instanceof Float32Array)) throw argError('input.data', 'a Float32Array', data);
+  // The native thread reads the array while the run is queued: its memory must not move or shrink.
+  const buffer = data.buffer as ArrayBuffer & { resizable?: boolean; growable?: boolean };
+  if (buffer.resizable || buffer.growable || (typeof SharedArrayBuffer !== 'undefined' && buffer instanceof SharedArrayBuffer)) {
+    throw argError('input.data', 'a Float32Array over a plain, fixed-length ArrayBuffer', data);
+  }
   if (!Array.isArray(shape) || shape.length !== 4 || !shape.every((v) => Number.isSafeInteger(v) && v > 0)) {
     throw new VggError('E_SHAPE', `Expected input.shape to be [n, 3, h, w] of positive integers but received ${Array.isArray(shape) ? JSON.stringify(shape) : describe(shape)}`);
   }
@@ -219,7 +235,7 @@ function checkOutputs(outputs: unknown, names: string[]): string[] {
 
 /** The batch followed by its horizontal mirror: [2n, 3, h, w]. */
 function withMirror(data: Float32Array, n: number, h: number, w: number): Float32Array {
-  const out = new Float32Array(2 * data.length);
+  const out = allocate([2 * n, 3, h, w], 'input with its mirror (flip)');
   out.set(data);
   const mirror = out.subarray(data.length);
   for (let row = 0; row < n * 3 * h; row++) {
@@ -239,7 +255,11 @@ function meanOfHalves(prob: Float32Array): Float32Array {
 /** The network for the addon: every layer in order with its weights, already checked. */
 function buildPlan(weights: BoundWeights): Pick<NativePlan, 'lastC' | 'features' | 'fc'> {
   let conv = 0;
-  const features = bindFeatureOps(weights, () => weights.convs[conv++]);
+  const features = featureLayers(weights.arch).map((l): NativeFeatureOp => {
+    if (l.kind === 'pool') return { kind: 'pool' };
+    if (l.kind === 'lrn') return { kind: 'lrn', ...LRN };
+    return { kind: 'conv', kernel: l.kernel, inC: l.inC, outC: l.outC, ...weights.convs[conv++] };
+  });
   const c = lastWidth(weights.arch);
   const [fc6, fc7, fc8] = weights.fc;
   const { fcHidden, classes } = weights.arch;
@@ -247,21 +267,9 @@ function buildPlan(weights: BoundWeights): Pick<NativePlan, 'lastC' | 'features'
     lastC: c,
     features,
     fc: [
-      { inF: c * 49, outF: fcHidden, ...fc6 },
+      { inF: c * FC6_WINDOW * FC6_WINDOW, outF: fcHidden, ...fc6 },
       { inF: fcHidden, outF: fcHidden, ...fc7 },
       { inF: fcHidden, outF: classes, ...fc8 },
     ],
   };
-}
-
-function bindFeatureOps(weights: BoundWeights, nextConv: () => { weight: Float32Array; bias: Float32Array }): NativePlan['features'] {
-  let c = 3;
-  return weights.arch.cfg.map((v) => {
-    if (v === 'M') return { kind: 'pool' as const };
-    if (v === 'L') return { kind: 'lrn' as const, ...LRN };
-    const [kernel, outC] = Array.isArray(v) ? [1, v[1]] : [3, v];
-    const op = { kind: 'conv' as const, kernel, inC: c, outC, ...nextConv() };
-    c = outC;
-    return op;
-  });
 }

@@ -106,6 +106,8 @@ function halfToFloat(h: number): number {
   return sign * (1 + frac / 1024) * 2 ** (exp - 15);
 }
 
+let halfTable: Float32Array | undefined;
+
 /** 16-bit floats (IEEE half, or bfloat16: the top half of a float32) widened to float32. */
 export function widen16(bits: Uint16Array, kind: 'F16' | 'BF16'): Float32Array {
   const out = new Float32Array(bits.length);
@@ -113,7 +115,13 @@ export function widen16(bits: Uint16Array, kind: 'F16' | 'BF16'): Float32Array {
     const words = new Uint32Array(out.buffer);
     for (let i = 0; i < bits.length; i++) words[i] = bits[i] << 16;
   } else {
-    for (let i = 0; i < bits.length; i++) out[i] = halfToFloat(bits[i]);
+    // A lookup over all 65536 halves: decoding each one arithmetically takes seconds for VGG16.
+    if (!halfTable) {
+      halfTable = new Float32Array(65536);
+      for (let h = 0; h < 65536; h++) halfTable[h] = halfToFloat(h);
+    }
+    const table = halfTable;
+    for (let i = 0; i < bits.length; i++) out[i] = table[bits[i]];
   }
   return out;
 }

@@ -34,21 +34,24 @@ std::shared_ptr<Mapping> findMapping(const void* p) {
 Napi::Value MapFile(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const std::string path = info[0].As<Napi::String>();
-  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // Non-blocking: a path swapped for a FIFO after TypeScript's stat must not hang the JS thread.
+  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) throw Napi::Error::New(env, std::string("cannot open: ") + strerror(errno));
   struct stat st;
-  if (fstat(fd, &st) != 0 || st.st_size <= 0) {
-    const int err = errno;
+  const bool statted = fstat(fd, &st) == 0;
+  const int err = errno;
+  if (!statted || !S_ISREG(st.st_mode) || st.st_size <= 0) {
     close(fd);
-    throw Napi::Error::New(env, st.st_size <= 0 ? "file is empty" : std::string("cannot stat: ") + strerror(err));
+    throw Napi::Error::New(env, !statted ? std::string("cannot stat: ") + strerror(err)
+                                : !S_ISREG(st.st_mode) ? "not a regular file" : "file is empty");
   }
   const size_t length = static_cast<size_t>(st.st_size);
   // Writable but private: a stray write copies one page instead of crashing the process.
   // The file itself must not be rewritten in place while mapped (replace it by rename).
   void* addr = mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
-  const int err = errno;
+  const int mapErr = errno;
   close(fd);
-  if (addr == MAP_FAILED) throw Napi::Error::New(env, std::string("cannot map: ") + strerror(err));
+  if (addr == MAP_FAILED) throw Napi::Error::New(env, std::string("cannot map: ") + strerror(mapErr));
   madvise(addr, length, MADV_WILLNEED);
 
   std::shared_ptr<Mapping> shared(new Mapping{addr, length});

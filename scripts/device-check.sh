@@ -44,7 +44,7 @@ if cmake -S . -B build -G Ninja -DVGGNET_WITH_ONEDNN=OFF -DCMAKE_CUDA_ARCHITECTU
   build=ok
 fi
 tail -5 "$OUT/build.log"
-node -e "const v = require('./dist/lib'); console.log(JSON.stringify(v.cudaStatus(), null, 1))" 2>&1 | tee "$OUT/status.json"
+node -e "require('./dist/lib').cudaStatus().then((s) => console.log(JSON.stringify(s, null, 1)))" 2>&1 | tee "$OUT/status.json"
 
 step "3. GPU tests"
 timeout 200 node node_modules/mocha/bin/mocha.js --no-config --timeout 60000 dist/test/cuda.test.js 2>&1 | tee "$OUT/tests.log" | tail -60

@@ -184,6 +184,13 @@ describe('bad inputs to run', function () {
     await assert.rejects(model.run({ data: Float64Array.from(ok.data) as never, shape: ok.shape }), vggError('E_ARG', 'input.data', 'Float64Array'));
   });
 
+  it('data over a resizable or shared buffer is E_ARG: the native thread reads it while queued', async () => {
+    const resizable = new (ArrayBuffer as unknown as new (n: number, o: object) => ArrayBuffer)(ok.data.byteLength, { maxByteLength: 2 * ok.data.byteLength });
+    await assert.rejects(model.run({ data: new Float32Array(resizable), shape: ok.shape }), vggError('E_ARG', 'input.data'));
+    const shared = new Float32Array(new SharedArrayBuffer(ok.data.byteLength));
+    await assert.rejects(model.run({ data: shared, shape: ok.shape }), vggError('E_ARG', 'input.data'));
+  });
+
   it('no tensor at all is E_ARG naming input', async () => {
     await assert.rejects(model.run(null as never), vggError('E_ARG', 'input'));
     await assert.rejects(model.run(ok.data as never), vggError('E_ARG', 'input.data'));

@@ -1,11 +1,12 @@
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { cudaStatus, loadModel, VggError, type Model } from '../lib';
+import { cudaStatus, loadModel, VggError, type CudaStatus, type Model } from '../lib';
 import { native } from '../lib/native';
 import { FIXTURES, readTensors, relError, tmpDir } from './helpers';
 
-const status = cudaStatus();
+let status: CudaStatus;
+before(async () => { status = await cudaStatus(); });
 
 describe('cuda: choosing the device', () => {
   it('rejects malformed devices and precisions the device lacks with E_ARG', async () => {
@@ -105,6 +106,24 @@ describe('cuda: the fixtures on the GPU', function () {
         const expected = inputs[i] === x224 ? io['224.fc8'].data : inputs[i] === swapped ? expectedSwapped : io['256x320.torchvision.fc8'].data;
         assert.ok(relError(r.fc8.data, expected) <= 3e-2, `run ${i}`);
       });
+    } finally {
+      await model.dispose();
+    }
+  });
+
+  it('an input array reused with new contents after its run is uploaded again', async () => {
+    const model = await loadModel(path.join(FIXTURES, 'D.weights.safetensors'), { device: 'cuda', precision: 'bf16' });
+    try {
+      const io = readTensors(path.join(FIXTURES, 'D.io.safetensors'));
+      const reused = { data: new Float32Array(x224.data.length), shape: x224.shape };
+      const results: Float32Array[] = [];
+      for (let i = 0; i < 3; i++) {
+        reused.data.set(i % 2 ? x224.data.map((v) => -v) : x224.data);
+        results.push((await model.run(reused, { outputs: ['fc8'] })).fc8.data);
+      }
+      assert.ok(relError(results[0], io['224.fc8'].data) <= 3e-2);
+      assert.ok(relError(results[1], io['224.fc8'].data) > 0.1, 'the negated input must not reuse the old upload');
+      assert.ok(relError(results[2], io['224.fc8'].data) <= 3e-2);
     } finally {
       await model.dispose();
     }

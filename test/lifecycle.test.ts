@@ -70,6 +70,24 @@ describe('lifecycle', function () {
       assert.ok(sameBits(b, b2), 'the 256x320 results changed after other shapes ran');
     });
 
+    it('past VGGNET_SHAPE_CACHE shapes the least recently used is dropped and recompiled on demand', async () => {
+      process.env.VGGNET_SHAPE_CACHE = '2';
+      const small = await loadModel(fixture('D.weights.safetensors'), { threads: 1 });
+      delete process.env.VGGNET_SHAPE_CACHE;
+      try {
+        const shapes = [[32, 32], [64, 48], [48, 96]];
+        const first = await Promise.all(shapes.map(([h, w]) => small.run(randomInput(1, h, w), { outputs: ['fc8'] })));
+        for (let round = 0; round < 2; round++) {
+          for (const [i, [h, w]] of shapes.entries()) {
+            const again = await small.run(randomInput(1, h, w), { outputs: ['fc8'] });
+            assert.ok(sameBits(first[i], again), `${h}x${w} changed after eviction`);
+          }
+        }
+      } finally {
+        await small.dispose();
+      }
+    });
+
     it('results do not depend on batch composition: each image alone equals itself in the batch', async () => {
       const outputs = ['conv1_1', 'pool5', 'fc7', 'prob'];
       const batch = await model.run(x224, { outputs });

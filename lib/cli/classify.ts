@@ -4,21 +4,20 @@ import { defaultWeights } from '../default-weights';
 import { VggError } from '../errors';
 import { loadModel } from '../model';
 import { PRESETS, type Preset } from '../preprocess';
-import { positiveInt, positiveIntList, reportError } from './common';
+import { type EngineFlags, engineOptions, engineSettings, positiveInt, positiveIntList, reportError } from './common';
 
-interface ClassifyFlags {
+interface ClassifyFlags extends EngineFlags {
   weights?: string;
   top: number;
   dense?: true;
   scales?: number[];
   flip?: true;
   preset: Preset;
-  threads?: number;
   json?: true;
 }
 
 export function registerClassify(program: Command): void {
-  program.command('classify')
+  const command = program.command('classify')
     .description('print the most probable classes of images')
     .argument('<images...>', 'image files (JPEG, PNG, WebP, TIFF, GIF, AVIF, ...)')
     .option('--weights <file>', 'weights (.safetensors); default: VGG16 with seeded random weights')
@@ -27,16 +26,15 @@ export function registerClassify(program: Command): void {
     .option('--scales <Q,...>', `shorter sides for --dense (default: ${DENSE_SCALES.join(',')})`, positiveIntList)
     .option('--flip', 'also average the posteriors of the mirrored image')
     .addOption(new Option('--preset <name>', 'the preprocessing the weights were trained with').choices(PRESETS).default('torchvision'))
-    .option('--threads <n>', 'oneDNN threads (default: all cores)', positiveInt)
-    .option('--json', 'print one JSON line per image: {"image", "classes": [{"label", "index", "prob"}]}')
-    .action(classifyImages);
+    .option('--json', 'print one JSON line per image: {"image", "classes": [{"label", "index", "prob"}]}');
+  engineOptions(command).action(classifyImages);
 }
 
 type Outcome = { image: string; classes?: Prediction[]; error?: unknown };
 
 async function classifyImages(images: string[], flags: ClassifyFlags): Promise<void> {
   if (flags.scales && !flags.dense) throw new VggError('E_ARG', '--scales applies only with --dense');
-  const model = await loadModel(flags.weights ?? await defaultWeights(), { threads: flags.threads });
+  const model = await loadModel(flags.weights ?? await defaultWeights(), engineSettings(flags));
   const { top, dense, scales, flip, preset } = flags;
   // Settled rather than rejected: an outcome may wait while the image before it runs.
   const start = (image: string): Promise<Outcome> => model.classify(image, { top, dense, scales, flip, preset })

@@ -1,4 +1,5 @@
-import { CommanderError, InvalidArgumentError } from 'commander';
+import { Command, CommanderError, InvalidArgumentError } from 'commander';
+import type { Device, Precision } from '../device';
 import { VggError } from '../errors';
 
 /**
@@ -53,3 +54,26 @@ export function imageSize(value: string): [number, number] {
 
 /** 138357544 -> "138,357,544": parameter counts are read by people. */
 export const thousands = (n: number) => n.toLocaleString('en-US');
+
+export interface EngineFlags {
+  threads?: number;
+  device?: string;
+  precision?: string;
+}
+
+/** The options of every command that runs the network: where and how. */
+export function engineOptions(command: Command): Command {
+  return command
+    .option('--threads <n>', 'oneDNN threads (default: all cores)', positiveInt)
+    .option('--device <name>', "cpu, cuda or cuda:N (default: cpu)")
+    .option('--precision <p>', 'fp32 (default); on a GPU also bf16 or fp16');
+}
+
+/** loadModel's options from those flags; loadModel checks the values and names the option. */
+export function engineSettings(flags: EngineFlags): { threads?: number; device?: Device; precision?: Precision } {
+  const out: { threads?: number; device?: Device; precision?: Precision } = {};
+  if (flags.threads !== undefined) out.threads = flags.threads;
+  if (flags.device !== undefined) out.device = flags.device as Device;
+  if (flags.precision !== undefined) out.precision = flags.precision as Precision;
+  return out;
+}

@@ -11,15 +11,14 @@ import { PRESETS, type Preset } from '../preprocess';
 import { writerFor } from '../writers';
 import { Journal } from '../writers/journal';
 import { writeAtomic } from '../writers/sink';
-import { commaList, positiveInt, reportError } from './common';
+import { type EngineFlags, commaList, engineOptions, engineSettings, positiveInt, reportError } from './common';
 
-interface ExtractFlags {
+interface ExtractFlags extends EngineFlags {
   weights?: string;
   outputs: string[];
   out: string;
   batch: number;
   resume?: true;
-  threads?: number;
   preset: Preset;
   size: number;
   crop: number | false;
@@ -51,7 +50,7 @@ written but some images failed; 130 interrupted (143 on SIGTERM), continue with 
 `;
 
 export function registerExtract(program: Command): void {
-  program.command('extract')
+  const command = program.command('extract')
     .description('stream a folder, glob or list of images to a features file (fc7, pool5, ...)')
     .argument('<images>', 'a folder, a glob, a .txt list of paths, or one image')
     .option('--weights <file>', 'weights (.safetensors); default: VGG16 with seeded random weights')
@@ -59,12 +58,11 @@ export function registerExtract(program: Command): void {
     .requiredOption('--out <file>', 'features file: .safetensors, .npy or .jsonl')
     .option('--batch <n>', 'images per run of the network', positiveInt, 32)
     .option('--resume', 'continue an interrupted run of the same command')
-    .option('--threads <n>', 'oneDNN threads (default: all cores)', positiveInt)
     .addOption(new Option('--preset <name>', 'the preprocessing the weights were trained with').choices(PRESETS).default('torchvision'))
     .option('--size <n>', 'shorter side after resizing', positiveInt, 256)
     .option('--crop <n|none>', "side of the center crop, or 'none' for the whole resized image", cropSize, 224)
-    .addHelpText('after', HELP)
-    .action(extractImages);
+    .addHelpText('after', HELP);
+  engineOptions(command).action(extractImages);
 }
 
 function cropSize(value: string): number | false {
@@ -84,7 +82,7 @@ async function extractImages(input: string, flags: ExtractFlags): Promise<void> 
   for await (const _ of list()) total++;
   if (!total) throw new VggError('E_ARG', `${input} names no images`);
   const weights = flags.weights ?? await defaultWeights();
-  const model = await loadModel(weights, { threads: flags.threads });
+  const model = await loadModel(weights, engineSettings(flags));
   try {
     const names = model.blobNames();
     const unknown = flags.outputs.filter((o) => !names.includes(o));

@@ -3,21 +3,20 @@ import { VggError } from '../errors';
 import { loadModel } from '../model';
 import { readF32, readSafetensorsFile, writeSafetensors, type Tensor } from '../safetensors';
 import type { Head } from '../topology';
-import { commaList, positiveInt } from './common';
+import { type EngineFlags, commaList, engineOptions, engineSettings } from './common';
 
-interface RunFlags {
+interface RunFlags extends EngineFlags {
   weights: string;
   input: string;
   key: string;
   outputs: string[];
   head: Head;
   flip?: true;
-  threads?: number;
   out: string;
 }
 
 export function registerRun(program: Command): void {
-  program.command('run')
+  const command = program.command('run')
     .description('run a batch, save chosen blobs (fc7, prob, ...)')
     .requiredOption('--weights <file>', 'weights (.safetensors, torchvision or timm names)')
     .requiredOption('--input <file>', 'input batch [n, 3, h, w], normalized, F32/F16/BF16 (.safetensors)')
@@ -25,15 +24,14 @@ export function registerRun(program: Command): void {
     .requiredOption('--outputs <blobs>', 'comma-separated blob names, e.g. fc7,fc8,prob', commaList)
     .addOption(new Option('--head <head>', 'classifier head').choices(['fixed', 'dense']).default('fixed'))
     .option('--flip', 'average prob with that of the mirrored images')
-    .option('--threads <n>', 'oneDNN threads (default: all cores)', positiveInt)
-    .requiredOption('--out <file>', 'where to write the blobs (.safetensors, F32)')
-    .action(run);
+    .requiredOption('--out <file>', 'where to write the blobs (.safetensors, F32)');
+  engineOptions(command).action(run);
 }
 
 async function run(flags: RunFlags): Promise<void> {
   const started = performance.now();
   const input = readInput(flags.input, flags.key);
-  const model = await loadModel(flags.weights, { head: flags.head, threads: flags.threads });
+  const model = await loadModel(flags.weights, { head: flags.head, ...engineSettings(flags) });
   try {
     // Checked here as well as in run() so that the message names the flag a CLI user typed.
     const names = model.blobNames();

@@ -2,13 +2,12 @@
 
 #include <algorithm>
 #include <cstring>
-#include <map>
 #include <thread>
-#include <tuple>
 #include <vector>
 #include "check.h"
 #include "context.h"
 #include "net.h"
+#include "../shape_cache.h"
 
 namespace vgg::cuda {
 
@@ -143,24 +142,31 @@ class CudaBackend : public vgg::Backend {
     for (Slot& s : slots_) CUDA_CHECK(cudaEventCreateWithFlags(&s.ready, cudaEventDisableTiming));
   }
   ~CudaBackend() override {
-    cudaDeviceSynchronize();
+    // This model's streams only: other models may be running on the same GPU.
+    cudaStreamSynchronize(ctx_.compute);
+    cudaStreamSynchronize(ctx_.copy);
     nets_.clear();
     for (Slot& s : slots_) cudaEventDestroy(s.ready);
   }
 
   void run(const RunRequest& r, const RunRequest* next) override {
-    Net& net = netFor(r);
     Slot& slot = slots_[active_];
-    if (slot.src != r.input || slot.bytes != net.inputBytes()) upload(slot, r.input, net.inputBytes());
+    // A prefetch is good for this run only: forget it now, whatever happens below.
+    const bool prefetched = slot.src == r.input;
+    slot.src = nullptr;
+    Net& net = nets_.get(r, [&] { return std::make_unique<Net>(ctx_, plan_, r.n, r.h, r.w, r.head); });
+    if (!prefetched || slot.bytes != net.inputBytes()) upload(slot, r.input, net.inputBytes());
     // The input is on the GPU (or on its way, on the copy stream): compute waits for it only.
     CUDA_CHECK(cudaStreamWaitEvent(ctx_.compute, slot.ready, 0));
     CUDA_CHECK(cudaMemcpyAsync(net.input(), slot.device.ptr, net.inputBytes(), cudaMemcpyDeviceToDevice, ctx_.compute));
     net.launch();
-    slot.src = nullptr;  // consumed: the next run reuses the slot for another input
 
     // While the GPU computes, bring the next batch over through the other slot.
     active_ ^= 1;
-    if (next && next->n == r.n && next->h == r.h && next->w == r.w) upload(slots_[active_], next->input, net.inputBytes());
+    if (next && next->n == r.n && next->h == r.h && next->w == r.w) {
+      upload(slots_[active_], next->input, net.inputBytes());
+      slots_[active_].src = next->input;  // only a prefetch is remembered: the caller may reuse an array later
+    }
 
     size_t total = 0;
     for (const Capture& c : r.captures) total += elements(net.blob(c.blob));
@@ -187,7 +193,7 @@ class CudaBackend : public vgg::Backend {
   struct Slot {
     PinnedBuffer host;
     DeviceBuffer device;
-    const float* src = nullptr;  // the caller's array now in `device`
+    const float* src = nullptr;  // the queued job whose input was prefetched into `device`
     size_t bytes = 0;
     cudaEvent_t ready = nullptr;
   };
@@ -201,20 +207,13 @@ class CudaBackend : public vgg::Backend {
     parallelCopy(slot.host.ptr, src, bytes);
     CUDA_CHECK(cudaMemcpyAsync(slot.device.ptr, slot.host.ptr, bytes, cudaMemcpyHostToDevice, ctx_.copy));
     CUDA_CHECK(cudaEventRecord(slot.ready, ctx_.copy));
-    slot.src = src;
     slot.bytes = bytes;
   }
 
-  Net& netFor(const RunRequest& r) {
-    auto key = std::make_tuple(r.n, r.h, r.w, r.head);
-    auto it = nets_.find(key);
-    if (it == nets_.end()) it = nets_.emplace(key, std::make_unique<Net>(ctx_, plan_, r.n, r.h, r.w, r.head)).first;
-    return *it->second;
-  }
 
   const Plan& plan_;
   Context ctx_;
-  std::map<std::tuple<int, int, int, Head>, std::unique_ptr<Net>> nets_;
+  ShapeCache<Net> nets_;
   Slot slots_[2];
   int active_ = 0;
   DeviceBuffer outDevice_;

@@ -19,20 +19,17 @@ auto rethrowing(F&& f) {
 }  // namespace
 
 Backend::Backend(const Plan& plan)
-    : threads_((omp_set_num_threads(plan.threads), plan.threads)),  // per thread: this is the executor's
-      plan_(plan),
+    : plan_(plan),
       engine_(rethrowing([] { return dnnl::engine(dnnl::engine::kind::cpu, 0); })),
       stream_(engine_),
-      weights_(engine_) {}
+      weights_(engine_) {
+  omp_set_num_threads(plan.threads);  // OpenMP settings are per thread: this is the executor's
+}
 
 void Backend::run(const RunRequest& r, const RunRequest* /* next: nothing to prefetch on a CPU */) {
   rethrowing([&] {
-    auto key = std::make_tuple(r.n, r.h, r.w, r.head);
-    auto it = nets_.find(key);
-    if (it == nets_.end()) {
-      it = nets_.emplace(key, std::make_unique<Net>(plan_, weights_, engine_, stream_, r.n, r.h, r.w, r.head)).first;
-    }
-    it->second->run(r, stream_);
+    Net& net = nets_.get(r, [&] { return std::make_unique<Net>(plan_, weights_, engine_, stream_, r.n, r.h, r.w, r.head); });
+    net.run(r, stream_);
   });
 }
 

@@ -1,11 +1,10 @@
 // The oneDNN CPU backend: one engine, stream and weight cache per executor, and a compiled
 // Net per input shape, created on first use and kept.
 #pragma once
-#include <map>
 #include <memory>
-#include <tuple>
 #include "../backend.h"
 #include "../plan.h"
+#include "../shape_cache.h"
 #include "net.h"
 #include "weight_cache.h"
 
@@ -17,12 +16,11 @@ class Backend : public vgg::Backend {
   void run(const RunRequest& request, const RunRequest* next) override;
 
  private:
-  int threads_;
   const Plan& plan_;
   dnnl::engine engine_;
   dnnl::stream stream_;
   WeightCache weights_;
-  std::map<std::tuple<int, int, int, Head>, std::unique_ptr<Net>> nets_;
+  ShapeCache<Net> nets_;
 };
 
 // oneDNN's version and the instruction set it dispatches to on this machine.
