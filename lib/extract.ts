@@ -15,14 +15,20 @@ export interface ExtractOptions {
   batchSize?: number;
   /** How images become tensors (preprocess()'s options): resize 256, crop 224, torchvision by default. */
   preprocess?: PreprocessOptions;
-  /** 'record' (the default): an unreadable image gives a record with `error`; 'throw': the stream throws it. */
+  /**
+   * 'record' (the default): an unreadable image, or a source item that is not a path or a Buffer,
+   * gives a record with `error`; 'throw': the stream throws it (after the records before it).
+   */
   onError?: 'record' | 'throw';
   /** Images decoded at once; the number of cores by default. */
   concurrency?: number;
 }
 
 export interface ExtractRecord {
-  /** The image's path, or `buffer:<index>` for a Buffer (its position in the source). */
+  /**
+   * The image's path, or `buffer:<index>` for a Buffer (its position in the source), or
+   * `item:<index>` for a source item that is neither (its record is an E_ARG error).
+   */
   id: string;
   /** Each requested blob of this image alone, shape [1, ...]. Absent when `error` is set. */
   outputs?: Outputs;
@@ -36,8 +42,11 @@ const ON_ERROR = ['record', 'throw'] as const;
  * inference (the next batch is decoded while the model runs this one), but only so far ahead:
  * every stage holds a bounded number of images, and nothing is pulled from `source` until there
  * is room, so memory stays flat however long the source is and however slowly the records are
- * consumed. An image that cannot be read or decoded (E_IMAGE, E_IO) gives an error record, or
- * ends the stream with `onError: 'throw'`; any other failure ends the stream.
+ * consumed. An image that cannot be read or decoded (E_IMAGE, E_IO), or a source item that is not
+ * a path or a Buffer (E_ARG), gives an error record, or ends the stream with `onError: 'throw'`;
+ * any other failure ends the stream. A source that throws (its iterator's next() fails) ends the
+ * stream with that error whatever `onError` says, as nothing after it can be read; but first come
+ * the records of every item it gave before failing, in order, as they would have without it.
  */
 export function extract(model: Model, source: ExtractSource, options?: ExtractOptions): AsyncGenerator<ExtractRecord, void, undefined> {
   const opts = checkOptions(options, 'options', ['outputs', 'batchSize', 'preprocess', 'onError', 'concurrency']);
@@ -62,7 +71,8 @@ export function extract(model: Model, source: ExtractSource, options?: ExtractOp
   })();
 }
 
-interface Item { id: string; image: ImageInput }
+/** A source item: an image, or (not a path or a Buffer) the E_ARG error that is its record. */
+interface Item { id: string; image?: ImageInput; error?: VggError }
 interface Decoded { id: string; tensor?: Tensor; error?: VggError }
 
 const isImage = (v: unknown): v is ImageInput => (typeof v === 'string' && v.length > 0) || Buffer.isBuffer(v);
@@ -78,15 +88,16 @@ function checkCount(value: unknown, name: string): number {
 async function* images(source: ExtractSource): AsyncGenerator<Item> {
   let index = 0;
   for await (const image of isImage(source) ? [source] : source) {
-    if (!isImage(image)) throw argError(`source item ${index}`, 'an image path or a Buffer', image);
-    yield { id: typeof image === 'string' ? image : `buffer:${index}`, image };
+    if (isImage(image)) yield { id: typeof image === 'string' ? image : `buffer:${index}`, image };
+    else yield { id: `item:${index}`, error: argError(`source item ${index}`, 'an image path or a Buffer', image) };
     index++;
   }
 }
 
-async function decode({ id, image }: Item, options: PreprocessOptions | undefined): Promise<Decoded> {
+async function decode({ id, image, error }: Item, options: PreprocessOptions | undefined): Promise<Decoded> {
+  if (error) return { id, error };
   try {
-    return { id, tensor: await preprocess(image, options) };
+    return { id, tensor: await preprocess(image!, options) };
   } catch (e) {
     // An unreadable or undecodable image is that image's problem; a bad option or a bug is everyone's.
     if (e instanceof VggError && (e.code === 'E_IMAGE' || e.code === 'E_IO')) return { id, error: e };
@@ -138,17 +149,26 @@ function rowOf(outputs: Outputs, row: number): Outputs {
   return out;
 }
 
-/** Consecutive items in arrays of `size` (the last one may be shorter). */
+/**
+ * Consecutive items in arrays of `size` (the last one may be shorter). When `items` fails, the
+ * items it gave before are still a (short) batch, and the failure comes after it.
+ */
 async function* batches<T>(items: AsyncIterable<T>, size: number): AsyncGenerator<T[]> {
   let batch: T[] = [];
-  for await (const item of items) {
-    batch.push(item);
-    if (batch.length === size) {
-      yield batch;
-      batch = [];
+  let failure: { error: unknown } | undefined;
+  try {
+    for await (const item of items) {
+      batch.push(item);
+      if (batch.length === size) {
+        yield batch;
+        batch = [];
+      }
     }
+  } catch (error) {
+    failure = { error };
   }
   if (batch.length) yield batch;
+  if (failure) throw failure.error;
 }
 
 type Settled<R> = { ok: true; value: R } | { ok: false; error: unknown };
@@ -156,22 +176,35 @@ type Settled<R> = { ok: true; value: R } | { ok: false; error: unknown };
 /**
  * `fn` of every item, in input order, with up to `ahead` calls started before their results are
  * wanted. At most `ahead` results are held: an item is pulled only when one is taken, which is the
- * backpressure that keeps every stage bounded. A rejection is rethrown at its item's position.
+ * backpressure that keeps every stage bounded. A rejection is rethrown at its item's position; a
+ * failure of `items` itself after the results of the items it gave before, which it does not cancel.
  */
 async function* mapAhead<T, R>(items: AsyncIterable<T>, ahead: number, fn: (item: T) => Promise<R>): AsyncGenerator<R> {
   const source = items[Symbol.asyncIterator]();
   // Settled, so that calls still running when the consumer stops cannot become unhandled rejections.
   const queue: Promise<Settled<R>>[] = [];
   let exhausted = false;
+  let failure: { error: unknown } | undefined;
   try {
     for (;;) {
       while (!exhausted && queue.length < ahead) {
-        const next = await source.next();
+        let next: IteratorResult<T>;
+        try {
+          next = await source.next();
+        } catch (error) {
+          // Held until the results already queued are out: they do not depend on what failed.
+          exhausted = true; // a failed iterator is finished: nothing to return()
+          failure = { error };
+          break;
+        }
         if (next.done) exhausted = true;
         else queue.push(fn(next.value).then((value) => ({ ok: true, value }), (error: unknown) => ({ ok: false, error })));
       }
       const head = queue.shift();
-      if (!head) return;
+      if (!head) {
+        if (failure) throw failure.error;
+        return;
+      }
       const result = await head;
       if (!result.ok) throw result.error;
       yield result.value;

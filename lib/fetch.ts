@@ -57,7 +57,8 @@ const MAX_REDIRECTS = 10;
  * announces, and bound as a VGG of the expected config before it gets its final name.
  */
 export async function fetchWeights(name: string, options: FetchOptions = {}): Promise<FetchResult> {
-  const repo = HUB_REPOS[name];
+  // Own keys only: `constructor`, `toString` and the like are not weights.
+  const repo = typeof name === 'string' && Object.hasOwn(HUB_REPOS, name) ? HUB_REPOS[name] : undefined;
   if (repo === undefined) throw argError('name', `one of ${Object.keys(HUB_REPOS).join(', ')}`, name);
   const endpoint = (options.endpoint ?? process.env.HF_ENDPOINT ?? 'https://huggingface.co').replace(/\/+$/, '');
   const url = `${endpoint}/${repo}/resolve/main/model.safetensors`;

@@ -37,10 +37,11 @@ export const FC6_WINDOW = 7;
  * letter with `-bn` (`D-bn`).
  */
 export function presetArch(name: string): Arch {
+  if (typeof name !== 'string') throw argError('arch', 'a preset name such as D or vgg16_bn', name);
   const bn = /(_|-)bn$/.test(name);
   const base = name.replace(/(_|-)bn$/, '');
-  const letter = TORCHVISION[base] ?? base.toUpperCase();
-  if (!(letter in PRESET_CFGS) || (bn && letter === 'A-LRN')) {
+  const letter = Object.hasOwn(TORCHVISION, base) ? TORCHVISION[base] : base.toUpperCase();
+  if (!Object.hasOwn(PRESET_CFGS, letter) || (bn && letter === 'A-LRN')) {
     throw argError('arch', `one of A, A-LRN, B, C, D, E, vgg11, vgg13, vgg16, vgg19 (optionally with _bn)`, name);
   }
   return { arch: letter, batchNorm: bn, cfg: PRESET_CFGS[letter], fcHidden: 4096, classes: 1000 };

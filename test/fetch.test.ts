@@ -156,6 +156,14 @@ describe('vgg fetch', () => {
     await rejectsWith(fetchWeights('vgg17', { cacheDir }), 'E_ARG', /vgg11, vgg13, vgg16, vgg19, vgg11_bn/);
   });
 
+  it("rejects the names of Object.prototype's properties with E_ARG, requesting nothing", async () => {
+    for (const name of ['constructor', 'toString', '__proto__', 'hasOwnProperty']) {
+      await rejectsWith(fetchWeights(name, { cacheDir, endpoint: hub.endpoint }), 'E_ARG', /vgg11, vgg13, vgg16, vgg19, vgg11_bn/);
+    }
+    assert.deepEqual(hub.ranges, []);
+    assert.ok(!fs.existsSync(models()));
+  });
+
   it('as a command prints the path on stdout and progress on stderr', async () => {
     const main = path.resolve(__dirname, '../lib/cli/main.js');
     // Not spawnSync: this process serves the download.

@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import { VggError } from '../errors';
 import type { ExtractRecord } from '../extract';
 import { elements, type RowSource } from './rows';
-import { ioError, Sink, writeAtomic } from './sink';
+import { ioError, writeAtomic, writeDurably } from './sink';
 
 /** Pending batches are committed at once past this size, whatever the time since the last commit. */
 const FLUSH_BYTES = 64 << 20;
@@ -60,7 +60,7 @@ export class Journal implements RowSource {
    */
   static open(dir: string, blobs: string[], job: Record<string, unknown>, resume: boolean): Journal {
     const journal = new Journal(dir, blobs);
-    const before = readJson(path.join(dir, JOB)) as Record<string, unknown> | undefined;
+    const before = readJob(path.join(dir, JOB));
     if (before && resume) {
       const changed = Object.keys({ ...before, ...job }).filter((k) => JSON.stringify(before[k]) !== JSON.stringify(job[k]));
       if (changed.length) {
@@ -191,7 +191,7 @@ export class Journal implements RowSource {
   }
 
   #index(chunk: Chunk): ChunkIndex {
-    return readJson(this.#indexFile(chunk.name)) as ChunkIndex;
+    return readIndex(this.#indexFile(chunk.name));
   }
 
   #read(file: string): Buffer {
@@ -211,10 +211,10 @@ export class Journal implements RowSource {
     const indexes = fs.readdirSync(this.dir).filter(isIndex).sort();
     for (const file of indexes) {
       const name = file.slice(0, -'.json'.length);
-      const { first, ids, errors, shapes } = readJson(this.#indexFile(name)) as ChunkIndex;
+      const { first, ids, errors, shapes } = readIndex(this.#indexFile(name));
       const rows = ids.length - errors.length;
       const dataBytes = (blob: string) => (rows ? 4 * rows * elements(shapes![blob]) : 0);
-      const whole = first === this.items && (rows === 0 || shapes !== undefined)
+      const whole = first === this.items && (rows === 0 || this.blobs.every((b) => shapes?.[b] !== undefined))
         && this.blobs.every((b) => fileSize(this.#dataFile(name, b)) === dataBytes(b));
       if (!whole) break;
       this.shapes ??= shapes;
@@ -232,24 +232,9 @@ export class Journal implements RowSource {
   }
 }
 
-/** A file written in place and flushed to the disk before the index that vouches for it is written. */
-function writeDurably(file: string, write: (out: Sink) => void): void {
-  let fd: number | undefined;
-  try {
-    fd = fs.openSync(file, 'w');
-    const out = new Sink(fd);
-    write(out);
-    out.flush();
-    fs.fsyncSync(fd);
-  } catch (e) {
-    throw ioError(e, `cannot write ${file}`);
-  } finally {
-    if (fd !== undefined) fs.closeSync(fd);
-  }
-}
-
 const isIndex = (file: string) => /^\d{12}\.json$/.test(file);
 
+/** A journal file's JSON, or undefined if there is no such file; bad JSON is damaged(). */
 function readJson(file: string): unknown {
   let text: string;
   try {
@@ -258,7 +243,43 @@ function readJson(file: string): unknown {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw ioError(e, `cannot read ${file}`);
   }
-  return JSON.parse(text);
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw damaged(file, `not valid JSON: ${(e as Error).message}`, e);
+  }
+}
+
+/**
+ * A journal file that cannot be used (truncated, edited, from another program): E_IO naming it,
+ * and its folder. Nothing is deleted here: the folder may hold hours of work, and a person can
+ * decide (a chunk's index can be fixed or deleted, which redoes that chunk and those after it).
+ */
+function damaged(file: string, why: string, cause?: unknown): VggError {
+  return new VggError('E_IO', `${file} is damaged (${why}): fix it, or delete ${path.dirname(file)} to start over`, { cause });
+}
+
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/** The job.json, or undefined if there is none. */
+function readJob(file: string): Record<string, unknown> | undefined {
+  const job = readJson(file);
+  if (job !== undefined && !isObject(job)) throw damaged(file, 'not a JSON object');
+  return job;
+}
+
+/** A chunk's index, checked for the fields the journal reads. */
+function readIndex(file: string): ChunkIndex {
+  const index = readJson(file);
+  if (index === undefined) throw damaged(file, 'missing');
+  const ok = isObject(index) && Number.isSafeInteger(index.first) && (index.first as number) >= 0
+    && Array.isArray(index.ids) && index.ids.every((id) => typeof id === 'string')
+    && Array.isArray(index.errors) && index.errors.every((e) => isObject(e) && Number.isSafeInteger(e.at)
+      && (e.at as number) >= 0 && (e.at as number) < (index.ids as string[]).length && typeof e.code === 'string' && typeof e.message === 'string')
+    && (index.shapes === undefined || (isObject(index.shapes)
+      && Object.values(index.shapes).every((s) => Array.isArray(s) && s.every((d) => Number.isSafeInteger(d) && d >= 0))));
+  if (!ok) throw damaged(file, 'not a chunk index: expected {first, ids, errors, shapes}');
+  return index as unknown as ChunkIndex;
 }
 
 function fileSize(file: string): number {

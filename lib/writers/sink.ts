@@ -30,24 +30,36 @@ export class Sink {
 }
 
 /**
- * Writes `file` through `write` under a temporary name in the same folder, flushed to the disk,
- * then renamed over `file`: a reader (or a later --resume) sees the old file or the whole new one,
- * never half of one.
+ * Writes `file` through `write` in place and flushes it to the disk (fsync) before returning: for
+ * a file that something written after it vouches for, such as a journal chunk's data. A failure
+ * is E_IO naming `shownAs` (`file` by default); a VggError thrown by `write` passes through.
  */
-export function writeAtomic(file: string, write: (out: Sink) => void): void {
-  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
+export function writeDurably(file: string, write: (out: Sink) => void, shownAs = file): void {
   let fd: number | undefined;
   try {
-    fd = fs.openSync(tmp, 'w');
+    fd = fs.openSync(file, 'w');
     const out = new Sink(fd);
     write(out);
     out.flush();
     fs.fsyncSync(fd);
-    fs.closeSync(fd);
-    fd = undefined;
+  } catch (e) {
+    throw ioError(e, `cannot write ${shownAs}`);
+  } finally {
+    if (fd !== undefined) fs.closeSync(fd);
+  }
+}
+
+/**
+ * Writes `file` through `write` under a temporary name in the same folder, flushed to the disk
+ * (writeDurably), then renamed over `file`: a reader (or a later --resume) sees the old file or
+ * the whole new one, never half of one. On failure the temporary file is deleted.
+ */
+export function writeAtomic(file: string, write: (out: Sink) => void): void {
+  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
+  try {
+    writeDurably(tmp, write, file);
     fs.renameSync(tmp, file);
   } catch (e) {
-    if (fd !== undefined) fs.closeSync(fd);
     fs.rmSync(tmp, { force: true });
     throw ioError(e, `cannot write ${file}`);
   }
