@@ -52,7 +52,7 @@ tests=$(grep -Eo '[0-9]+ passing|[0-9]+ failing|[0-9]+ pending' "$OUT/tests.log"
 
 step "4. benchmark against PyTorch"
 timeout 130 $PY bench/cuda_torch.py /tmp/vgg16.safetensors "$OUT/torch.json" 2>&1 | tee "$OUT/bench.log"
-timeout 100 node dist/bench/cuda.js /tmp/vgg16.safetensors "$OUT/torch.json" 2>&1 | tee -a "$OUT/bench.log" | tail -12
+VGGNET_DEBUG=1 timeout 100 node dist/bench/cuda.js /tmp/vgg16.safetensors "$OUT/torch.json" 2>&1 | tee -a "$OUT/bench.log" | tail -12
 
 step "summary"
 echo "api check: $api | build: $build | tests: $tests"

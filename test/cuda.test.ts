@@ -2,6 +2,7 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { cudaStatus, loadModel, VggError, type CudaStatus, type Model } from '../lib';
+import { backendError } from '../lib/device';
 import { native } from '../lib/native';
 import { FIXTURES, readTensors, relError, tmpDir } from './helpers';
 
@@ -32,6 +33,15 @@ describe('cuda: choosing the device', () => {
       assert.match(e.message, /cannot use device cuda: (this build of vggnet has no CUDA backend|.*libcudnn|.*driver|no CUDA GPU)/);
       return true;
     });
+  });
+
+  it('no GPU or no driver: the probe says so, and the error names the fix', function () {
+    const probe = native().versions().cuda === null ? null : native().cudaProbe([]);
+    if (probe === null || probe.devices) this.skip(); // a build without CUDA, or a GPU here
+    assert.match(probe!.devicesError!, /^cuda\w+: .+/);
+    const err = backendError('cuda', `no usable CUDA driver or GPU (${probe!.devicesError})`);
+    assert.equal(err.code, 'E_BACKEND');
+    assert.match(err.message, /^cannot use device cuda: no usable CUDA driver or GPU \(cuda\w+: .+\); install the NVIDIA driver/);
   });
 
   it('cuDNN not found: the error lists every folder it tried and how to fix it', function () {

@@ -1,6 +1,7 @@
 #include "net.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include "check.h"
 
@@ -17,7 +18,7 @@ cudaDataType_t ltType(DType t) { return t == DType::F32 ? CUDA_R_32F : t == DTyp
 }  // namespace
 
 Net::Net(Context& ctx, const Plan& plan, int n, int h, int w, Head head)
-    : ctx_(ctx), input_(size_t(n) * 3 * h * w * sizeof(float)) {
+    : ctx_(ctx), input_(size_t(n) * 3 * h * w * sizeof(float)), shape_{n, h, w} {
   toNhwc(n, h, w);
   size_t convIndex = 0;
   for (const FeatureOp& op : plan.features) {
@@ -300,6 +301,10 @@ void Net::captureGraph() {
   }
   if (graph) cudaGraphDestroy(graph);
   cudaGetLastError();  // a failed capture leaves a sticky-free error to clear
+  if (std::getenv("VGGNET_DEBUG")) {
+    std::fprintf(stderr, "vggnet: %s for a batch of %d at %dx%d (%zu steps)\n",
+                 graph_ ? "CUDA graph captured" : "CUDA graph capture failed, running step by step", shape_[0], shape_[1], shape_[2], steps_.size());
+  }
 }
 
 }  // namespace vgg::cuda

@@ -45,6 +45,7 @@ class Net {
 
   Context& ctx_;
   DeviceBuffer input_;
+  int shape_[3];  // n, h, w of the input
   std::vector<DeviceBuffer> buffers_;
   std::vector<Blob> blobs_;      // in blob-index order (what TypeScript numbers)
   Blob cur_{};                   // the activation the next builder reads
