@@ -96,6 +96,15 @@ const CudaLibs& openDevice(const Plan& plan) {
 }  // namespace
 
 Context::Context(const Plan& plan) : libs(openDevice(plan)), dtype(dtypeOf(plan.precision)) {
+  try {
+    init(plan);
+  } catch (...) {
+    release();  // the destructor does not run for a half-built object
+    throw;
+  }
+}
+
+void Context::init(const Plan& plan) {
   dnnCheck(libs.dnn.cudnnCreate(&dnn), "cudnnCreate");
   ltCheck(libs.lt.cublasLtCreate(&lt), "cublasLtCreate");
   CUDA_CHECK(cudaStreamCreateWithFlags(&compute, cudaStreamNonBlocking));
@@ -117,11 +126,16 @@ Context::Context(const Plan& plan) : libs(openDevice(plan)), dtype(dtypeOf(plan.
   for (int i = 1; i < 3; i++) fc[i] = upload(plan.fc[i].weight, plan.fc[i].bias, plan.fc[i].outF, plan.fc[i].inF, plan.fc[i].inF, 1, dtype, compute);
 }
 
-Context::~Context() {
+Context::~Context() { release(); }
+
+void Context::release() {
   if (dnn) libs.dnn.cudnnDestroy(dnn);
   if (lt) libs.lt.cublasLtDestroy(lt);
   if (compute) cudaStreamDestroy(compute);
   if (copy) cudaStreamDestroy(copy);
+  dnn = nullptr;
+  lt = nullptr;
+  compute = copy = nullptr;
 }
 
 void Context::dnnCheck(int status, const char* what) const {

@@ -35,6 +35,8 @@ struct Context {
   Context(const Context&) = delete;
   Context& operator=(const Context&) = delete;
 
+  void init(const Plan& plan);
+  void release();
   void dnnCheck(int status, const char* what) const;
   void ltCheck(int status, const char* what) const;
 

@@ -19,6 +19,15 @@ cudaDataType_t ltType(DType t) { return t == DType::F32 ? CUDA_R_32F : t == DTyp
 
 Net::Net(Context& ctx, const Plan& plan, int n, int h, int w, Head head)
     : ctx_(ctx), input_(size_t(n) * 3 * h * w * sizeof(float)), shape_{n, h, w} {
+  try {
+    build(plan, n, h, w, head);
+  } catch (...) {
+    for (auto& f : cleanup_) f();  // the destructor does not run for a half-built object
+    throw;
+  }
+}
+
+void Net::build(const Plan& plan, int n, int h, int w, Head head) {
   toNhwc(n, h, w);
   size_t convIndex = 0;
   for (const FeatureOp& op : plan.features) {

@@ -30,6 +30,7 @@ class Net {
  private:
   using Step = std::function<void(cudaStream_t)>;
 
+  void build(const Plan& plan, int n, int h, int w, Head head);
   // Builders, called in network order; each appends its steps and its blob.
   void toNhwc(int n, int h, int w);
   void conv(const DeviceLayer& layer, int pad, bool relu);
