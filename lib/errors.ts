@@ -9,7 +9,9 @@ export type VggErrorCode =
   | 'E_DISPOSED' // the model was disposed
   | 'E_BACKEND' // the native backend failed
   | 'E_IMAGE' // an image that cannot be decoded, or too large to try
-  | 'E_FETCH'; // a download failed: the network, the server's answer or the file's checksum
+  | 'E_FETCH' // a download failed: the network, the server's answer or the file's checksum
+  | 'E_BUSY' // the server's queue is full, or it is shutting down: retry later
+  | 'E_TIMEOUT'; // a request took longer than the server's limit
 
 export class VggError extends Error {
   readonly code: VggErrorCode;

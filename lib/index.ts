@@ -13,3 +13,5 @@ export { extract } from './extract';
 export type { ExtractOptions, ExtractRecord, ExtractSource, ImageInput } from './extract';
 export { presetArch, inferShapes, countParams, countMacs, layerTable, blobNames, PRESET_CFGS } from './topology';
 export type { Arch, CfgItem, Head, LayerRow } from './topology';
+export { createServer, vggnetPlugin, VggnetService, Batcher } from './serve';
+export type { ServeModel, ServeOptions, VggnetPluginOptions, BatcherOptions } from './serve';

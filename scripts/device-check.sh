@@ -4,6 +4,7 @@
 #   2. the addon built with the CUDA backend (oneDNN is not there: CPU backend off)
 #   3. the GPU tests (test/cuda.test.ts: every fixture, fp32/bf16/fp16)
 #   4. the benchmark against PyTorch on the same card (bench/cuda_torch.py, bench/cuda.ts)
+#   5. the HTTP service's load test with dynamic batching on the GPU (bench/serve.ts)
 # Prepare on a development machine, then run through the device tool with carry [".device", "dist"]:
 #   bash ../shared/device/pack-node.sh && bash scripts/device/pack-modules.sh && npx tsc -p .
 #   run: bash scripts/device-check.sh
@@ -53,6 +54,9 @@ tests=$(grep -Eo '[0-9]+ passing|[0-9]+ failing|[0-9]+ pending' "$OUT/tests.log"
 step "4. benchmark against PyTorch"
 timeout 130 $PY bench/cuda_torch.py /tmp/vgg16.safetensors "$OUT/torch.json" 2>&1 | tee "$OUT/bench.log"
 VGGNET_DEBUG=1 timeout 100 node dist/bench/cuda.js /tmp/vgg16.safetensors "$OUT/torch.json" 2>&1 | tee -a "$OUT/bench.log" | tail -12
+
+step "5. HTTP service under load (bench/serve.ts)"
+timeout 150 node dist/bench/serve.js --device cuda --precision bf16 --duration 5 2>&1 | tee "$OUT/serve.log" | tail -12
 
 step "summary"
 echo "api check: $api | build: $build | tests: $tests"

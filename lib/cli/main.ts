@@ -9,6 +9,7 @@ import { registerExtract } from './extract';
 import { registerFetch } from './fetch';
 import { registerInfo } from './info';
 import { registerRun } from './run';
+import { registerServe } from './serve';
 
 // package.json sits three levels above this file once compiled to dist/lib/cli/.
 const { version } = JSON.parse(fs.readFileSync(path.resolve(__dirname, '../../../package.json'), 'utf8')) as { version: string };
@@ -27,6 +28,7 @@ registerConvert(program);
 registerFetch(program);
 registerClassify(program);
 registerExtract(program);
+registerServe(program);
 
 program.parseAsync(process.argv).catch((e: unknown) => {
   if (e instanceof CommanderError && e.code === 'commander.help') {

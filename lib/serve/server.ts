@@ -1,0 +1,391 @@
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyPluginAsync, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify';
+import multipart from '@fastify/multipart';
+import type Sharp from 'sharp';
+import type { Registry } from 'prom-client';
+import { classify } from '../classify';
+import { VggError, type VggErrorCode } from '../errors';
+import type { Model, Outputs } from '../model';
+import { preprocess, PRESETS, type Preset } from '../preprocess';
+import { encodeSafetensors, type Tensor } from '../safetensors';
+import { Batcher } from './batcher';
+import { ServeMetrics } from './metrics';
+
+/** What the server needs of a model: a Model, or anything that runs like one. */
+export type ServeModel = Pick<Model, 'run' | 'info' | 'blobNames'>;
+
+export interface ServeOptions {
+  /** Most images in one engine batch; 32 by default. */
+  maxBatch?: number;
+  /** How long the first image of a batch waits for company; 5 ms by default. */
+  maxDelayMs?: number;
+  /** Most images waiting for a batch; past it requests are 503 E_BUSY. 256 by default. */
+  maxQueue?: number;
+  /** Per-request limit from arrival (decoding, queue, inference) to answer; past it 504 E_TIMEOUT. 30000 by default. */
+  timeoutMs?: number;
+  /** Largest request body in bytes; past it 413. 20 MiB by default. */
+  bodyLimit?: number;
+  /** Images with more pixels are 400 E_IMAGE (decompression bombs); 40e6 by default. */
+  maxPixels?: number;
+  /** The preprocessing the weights were trained with; torchvision by default. */
+  preset?: Preset;
+  /** Batch sizes to run once before /readyz says ready (the first run of a shape compiles it); every size the batcher uses by default, [] for none. */
+  warmup?: number[];
+  /** Seconds in Retry-After of a 503; 1 by default. */
+  retryAfterS?: number;
+  /** Where the Prometheus metrics go; a registry of the server's own by default. */
+  registry?: Registry;
+  /** Called with the size of each batch as it starts. */
+  onBatch?: (size: number) => void;
+}
+
+export interface VggnetPluginOptions extends ServeOptions {
+  model: ServeModel;
+  /** A service made beforehand (createServer passes its own); otherwise the plugin makes one. */
+  service?: VggnetService;
+}
+
+const DEFAULT_OUTPUTS = ['fc7'];
+const MIB = 1024 * 1024;
+
+/** The batcher, the metrics and the readiness of one model behind HTTP. */
+export class VggnetService {
+  readonly model: ServeModel;
+  readonly batcher: Batcher;
+  readonly metrics: ServeMetrics;
+  readonly options: Required<Omit<ServeOptions, 'registry' | 'onBatch'>>;
+  #warm: Promise<void> | undefined;
+  #ready = false;
+  #warmError: unknown;
+  #closing = false;
+  #closed: Promise<void> | undefined;
+
+  constructor(model: ServeModel, options: ServeOptions = {}) {
+    this.model = model;
+    const o = options;
+    this.options = {
+      maxBatch: o.maxBatch ?? 32,
+      maxDelayMs: o.maxDelayMs ?? 5,
+      maxQueue: o.maxQueue ?? 256,
+      timeoutMs: o.timeoutMs ?? 30_000,
+      bodyLimit: o.bodyLimit ?? 20 * MIB,
+      maxPixels: o.maxPixels ?? 40e6,
+      preset: o.preset ?? 'torchvision',
+      warmup: o.warmup ?? batchSizes(o.maxBatch ?? 32),
+      retryAfterS: o.retryAfterS ?? 1,
+    };
+    for (const key of ['timeoutMs', 'bodyLimit', 'maxPixels', 'retryAfterS'] as const) {
+      const v = this.options[key];
+      if (!Number.isSafeInteger(v) || v < 1) throw new VggError('E_ARG', `Expected a positive integer for ${key} but received ${String(v)}`);
+    }
+    if (!PRESETS.includes(this.options.preset)) throw new VggError('E_ARG', `Expected one of ${PRESETS.join(', ')} for preset but received ${String(this.options.preset)}`);
+    this.metrics = new ServeMetrics(options.registry);
+    const metrics = this.metrics;
+    this.batcher = new Batcher({
+      async run(input, runOptions) {
+        const out = await model.run(input, runOptions);
+        metrics.imagesDone(input.shape[0]);
+        return out;
+      },
+    }, {
+      maxBatch: this.options.maxBatch,
+      maxDelayMs: this.options.maxDelayMs,
+      maxQueue: this.options.maxQueue,
+      onBatch: (n) => { metrics.batchSize.observe(n); options.onBatch?.(n); },
+      onQueueDepth: (d) => metrics.queueDepth.set(d),
+    });
+  }
+
+  /** Runs the warm-up batches once; resolves when ready (rejects if the model cannot run). */
+  warm(): Promise<void> {
+    this.#warm ??= (async () => {
+      const [h, w] = [224, 224];
+      for (const n of this.options.warmup) {
+        await this.model.run({ data: new Float32Array(n * 3 * h * w), shape: [n, 3, h, w] }, { outputs: ['prob'] });
+      }
+      this.#ready = true;
+    })().catch((e: unknown) => {
+      this.#warmError = e;
+      throw e;
+    });
+    return this.#warm;
+  }
+
+  get ready(): boolean {
+    return this.#ready && !this.#closing;
+  }
+
+  get warmError(): unknown {
+    return this.#warmError;
+  }
+
+  get closing(): boolean {
+    return this.#closing;
+  }
+
+  /** Not ready any more; the queued images run at once. Resolves when every batch is done. */
+  close(): Promise<void> {
+    this.#closing = true;
+    this.#closed ??= this.batcher.close();
+    return this.#closed;
+  }
+}
+
+/**
+ * The routes as a fastify plugin, for an app that already has a server:
+ * `app.register(vggnetPlugin, { model, prefix: '/vgg' })`. Encapsulated: its body parsers and
+ * error handler apply to its own routes only.
+ */
+export const vggnetPlugin: FastifyPluginAsync<VggnetPluginOptions> = async (app, opts) => {
+  const { model, service: given, ...options } = opts;
+  // fastify's own plugin options (prefix, logLevel) are not ours.
+  const serveOptions = pick(options as Record<string, unknown>, SERVE_KEYS) as ServeOptions;
+  const service = given ?? new VggnetService(model, serveOptions);
+  const { bodyLimit, maxPixels, preset, timeoutMs, retryAfterS } = service.options;
+  const blobs = new Set(model.blobNames('fixed'));
+
+  // Any content type is an image body; multipart carries it in the field `image`.
+  app.removeAllContentTypeParsers();
+  await app.register(multipart, { limits: { fileSize: bodyLimit, files: 4, fields: 16, parts: 20 }, throwFileSizeLimit: true });
+  app.addContentTypeParser('*', { parseAs: 'buffer', bodyLimit }, (_req, body, done) => done(null, body));
+
+  app.setErrorHandler((err: FastifyError | VggError, request, reply) => {
+    const { status, code } = httpStatus(err);
+    if (status === 503) reply.header('Retry-After', String(retryAfterS));
+    if (status >= 500 && code !== 'E_BUSY' && code !== 'E_TIMEOUT') request.log.error(err);
+    void reply.code(status).type('application/json').send({ error: { code, message: err.message } });
+  });
+
+  app.addHook('onResponse', async (request, reply) => {
+    const route = request.routeOptions.url ?? 'unknown';
+    service.metrics.requests.inc({ route, status: String(reply.statusCode) });
+    service.metrics.latency.observe({ route }, reply.elapsedTime / 1000);
+  });
+  app.addHook('onRequestAbort', async (request) => {
+    service.metrics.requests.inc({ route: request.routeOptions.url ?? 'unknown', status: 'aborted' });
+  });
+
+  app.addHook('onReady', async () => {
+    // Not awaited: the server listens at once, and /readyz says when the model is warm.
+    service.warm().catch((e: unknown) => app.log.error(e));
+  });
+  // Shutdown: new requests are 503 E_BUSY, those in flight finish, and every answer closes its
+  // connection so that the server's close is not held up by idle keep-alive sockets.
+  app.addHook('preClose', async () => {
+    void service.close();
+  });
+  app.addHook('onRequest', async (_request, reply) => {
+    if (service.closing) {
+      void reply.header('Connection', 'close');
+      throw new VggError('E_BUSY', 'the server is shutting down');
+    }
+  });
+  app.addHook('onSend', async (_request, reply) => {
+    if (service.closing) void reply.header('Connection', 'close');
+  });
+  app.addHook('onClose', async () => {
+    await service.close();
+  });
+
+  /** Runs one image through preprocessing and the batcher, within the request's deadline. */
+  async function runImage(reply: FastifyReply, image: Buffer, run: (image: Buffer, signal: AbortSignal) => Promise<unknown>) {
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(new VggError('E_TIMEOUT', `the request took longer than ${timeoutMs} ms`)), timeoutMs - Math.min(timeoutMs - 1, reply.elapsedTime));
+    // A client that goes away: its image leaves the queue (or its answer is dropped).
+    const onClose = () => { if (!reply.raw.writableEnded) controller.abort(new VggError('E_ARG', 'the client closed the connection')); };
+    reply.raw.once('close', onClose);
+    try {
+      const work = run(image, controller.signal);
+      work.catch(() => {});
+      return await raceAbort(work, controller.signal);
+    } finally {
+      clearTimeout(timer);
+      reply.raw.off('close', onClose);
+    }
+  }
+
+  app.post('/v1/features', async (request, reply) => {
+    const outputs = parseOutputs((request.query as Record<string, unknown>).outputs, blobs);
+    const accept = String(request.headers.accept ?? '');
+    const format = accept.includes('application/safetensors') ? 'safetensors' : accept.includes('application/octet-stream') ? 'raw' : 'json';
+    if (format === 'raw' && outputs.length !== 1) {
+      throw new VggError('E_ARG', `Accept: application/octet-stream returns one blob; ask for one output, not ${outputs.join(',')}`);
+    }
+    const image = await imageBody(request);
+    const out = await runImage(reply, image, async (img, signal) => {
+      const input = await preprocess(img, { preset, maxPixels });
+      signal.throwIfAborted();
+      return service.batcher.submit(input, { outputs, signal });
+    }) as Outputs;
+    if (format === 'raw') {
+      const blob = out[outputs[0]];
+      return reply.type('application/octet-stream')
+        .header('X-Shape', blob.shape.join(','))
+        .header('X-Output', outputs[0])
+        .header('X-Dtype', 'float32')
+        .send(Buffer.from(blob.data.buffer, blob.data.byteOffset, blob.data.byteLength));
+    }
+    if (format === 'safetensors') {
+      const tensors: Record<string, Tensor> = {};
+      for (const name of outputs) tensors[name] = out[name];
+      return reply.type('application/safetensors').send(Buffer.concat(encodeSafetensors(tensors)));
+    }
+    const json: Record<string, { shape: number[]; data: number[] }> = {};
+    for (const name of outputs) json[name] = { shape: out[name].shape, data: Array.from(out[name].data) };
+    return { outputs: json };
+  });
+
+  app.post('/v1/classify', async (request, reply) => {
+    const top = parseTop((request.query as Record<string, unknown>).top, model.info.classes);
+    const image = await imageBody(request);
+    const classes = await runImage(reply, image, async (img, signal) => {
+      await checkPixels(img, maxPixels);
+      // classify() itself, with its model.run going through the batcher.
+      const batched = {
+        info: model.info,
+        run: (input: Tensor, runOptions?: { outputs?: string[] }) => {
+          signal.throwIfAborted();
+          return service.batcher.submit(input, { outputs: runOptions?.outputs ?? ['prob'], signal });
+        },
+      } as unknown as Model;
+      return classify(batched, img, { top, preset });
+    });
+    return { classes };
+  });
+
+  app.get('/healthz', async () => ({ status: 'ok' }));
+
+  app.get('/readyz', async (_request, reply) => {
+    if (service.ready) return { status: 'ready' };
+    const failed = service.warmError;
+    const message = failed ? `the model failed its warm-up run: ${(failed as Error).message}` : 'the model is warming up or the server is shutting down';
+    return reply.code(503).header('Retry-After', String(retryAfterS))
+      .send({ error: { code: failed instanceof VggError ? failed.code : 'E_BUSY', message } });
+  });
+
+  app.get('/metrics', async (_request, reply) => {
+    const registry = service.metrics.registry;
+    return reply.type(registry.contentType).send(await registry.metrics());
+  });
+};
+
+const SERVE_KEYS = ['maxBatch', 'maxDelayMs', 'maxQueue', 'timeoutMs', 'bodyLimit', 'maxPixels', 'preset', 'warmup', 'retryAfterS', 'registry', 'onBatch'];
+
+function pick(o: Record<string, unknown>, keys: string[]): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const k of keys) if (o[k] !== undefined) out[k] = o[k];
+  return out;
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    vggnet: VggnetService;
+  }
+}
+
+/**
+ * A fastify server with the routes of vggnetPlugin at the root, a JSON 404, and
+ * `app.vggnet` (the batcher, metrics and readiness). Call `app.listen({ port, host })`; the
+ * caller owns the model (dispose it after `app.close()`).
+ */
+export function createServer(model: ServeModel, options: ServeOptions & { logger?: FastifyServerOptions['logger'] } = {}): FastifyInstance {
+  const { logger, ...serveOptions } = options;
+  const service = new VggnetService(model, serveOptions);
+  const app = Fastify({ logger: logger ?? false, bodyLimit: service.options.bodyLimit, return503OnClosing: false });
+  app.decorate('vggnet', service);
+  app.setNotFoundHandler((request, reply) => {
+    void reply.code(404).send({ error: { code: 'E_ARG', message: `no route ${request.method} ${request.url.split('?')[0]}` } });
+  });
+  app.setErrorHandler((err: FastifyError, _request, reply) => {
+    const { status, code } = httpStatus(err);
+    void reply.code(status).send({ error: { code, message: err.message } });
+  });
+  void app.register(vggnetPlugin, { model, service });
+  return app;
+}
+
+/** HTTP status and error code of a failure. */
+export function httpStatus(err: { statusCode?: number; code?: string } & Error): { status: number; code: string } {
+  if (err instanceof VggError) {
+    const byCode: Partial<Record<VggErrorCode, number>> = { E_ARG: 400, E_SHAPE: 400, E_IMAGE: 400, E_BUSY: 503, E_TIMEOUT: 504, E_DISPOSED: 503 };
+    return { status: byCode[err.code] ?? 500, code: err.code };
+  }
+  const status = typeof err.statusCode === 'number' && err.statusCode >= 400 && err.statusCode < 600 ? err.statusCode : 500;
+  // A body past the limit is an image too large to try.
+  if (status === 413) return { status, code: 'E_IMAGE' };
+  if (status === 503) return { status, code: 'E_BUSY' };
+  if (status < 500) return { status, code: 'E_ARG' };
+  return { status, code: 'E_INTERNAL' };
+}
+
+/** The image of a request: the raw body, or the multipart field `image`. */
+async function imageBody(request: FastifyRequest): Promise<Buffer> {
+  let image: Buffer | undefined;
+  if (request.isMultipart()) {
+    for await (const part of request.parts()) {
+      if (part.type === 'file') {
+        if (part.fieldname === 'image' && image === undefined) image = await part.toBuffer();
+        else part.file.resume();
+      } else if (part.fieldname === 'image' && image === undefined && typeof part.value === 'string') {
+        image = Buffer.from(part.value, 'latin1');
+      }
+    }
+    if (!image) throw new VggError('E_IMAGE', 'expected the image in the multipart field "image"');
+  } else {
+    if (!Buffer.isBuffer(request.body)) throw new VggError('E_IMAGE', 'expected an image as the request body');
+    image = request.body;
+  }
+  if (image.length === 0) throw new VggError('E_IMAGE', 'the image is empty (0 bytes)');
+  return image;
+}
+
+function parseOutputs(value: unknown, blobs: Set<string>): string[] {
+  if (value === undefined) return DEFAULT_OUTPUTS;
+  if (typeof value !== 'string') throw new VggError('E_ARG', 'Expected outputs once, as a comma-separated list like fc7,pool5');
+  const names = value.split(',').map((s) => s.trim());
+  if (names.some((n) => n === '')) throw new VggError('E_ARG', `Expected outputs as a comma-separated list like fc7,pool5 but received ${JSON.stringify(value)}`);
+  if (new Set(names).size !== names.length) throw new VggError('E_ARG', 'Expected each output name once');
+  for (const n of names) {
+    if (!blobs.has(n)) throw new VggError('E_ARG', `Unknown output ${JSON.stringify(n.slice(0, 60))}; expected some of ${[...blobs].join(', ')}`);
+  }
+  return names;
+}
+
+function parseTop(value: unknown, classes: number): number {
+  if (value === undefined) return Math.min(5, classes);
+  const n = Number(value);
+  if (typeof value !== 'string' || !/^\d+$/.test(value) || n < 1 || n > classes) {
+    throw new VggError('E_ARG', `Expected top to be an integer from 1 to ${classes} but received ${JSON.stringify(String(value).slice(0, 60))}`);
+  }
+  return n;
+}
+
+let sharpModule: typeof Sharp | undefined;
+/** Reads only the header: an image of more than maxPixels is refused before it is decoded. */
+async function checkPixels(image: Buffer, maxPixels: number): Promise<void> {
+  sharpModule ??= require('sharp') as typeof Sharp;
+  let meta: { width?: number; height?: number };
+  try {
+    meta = await sharpModule(image).metadata();
+  } catch (e) {
+    throw new VggError('E_IMAGE', `cannot decode image buffer of ${image.length} bytes: ${(e as Error).message}`, { cause: e });
+  }
+  const pixels = (meta.width ?? 0) * (meta.height ?? 0);
+  if (pixels > maxPixels) throw new VggError('E_IMAGE', `image (${meta.width}x${meta.height}) exceeds the pixel limit of ${maxPixels}`);
+}
+
+/** The promise, or the signal's reason as soon as it aborts. */
+function raceAbort<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+  });
+}
+
+/** The sizes the batcher pads its batches to: powers of two up to maxBatch, and maxBatch. */
+export function batchSizes(maxBatch: number): number[] {
+  const sizes: number[] = [];
+  for (let n = 1; n < maxBatch; n *= 2) sizes.push(n);
+  return [...sizes, maxBatch];
+}
