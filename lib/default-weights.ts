@@ -24,6 +24,9 @@ export interface DefaultWeightsOptions {
   quiet?: boolean;
 }
 
+/** A generation writes its temp file in seconds; one untouched this long was left by a killed process. */
+const ABANDONED_MS = 10 * 60 * 1000;
+
 /** Changing the seed or the generator below changes the weights, so the seed names the file. */
 const SEED = 0;
 const NOTICE = 'vgg: no --weights given: using VGG16 with seeded random weights (features are meaningless; `vgg fetch vgg16` downloads real ones)\n';
@@ -49,6 +52,7 @@ export async function defaultWeights(options: DefaultWeightsOptions = {}): Promi
   const ioError = (e: unknown) =>
     new VggError('E_IO', `cannot write default weights to ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, { cause: e });
   await fs.promises.mkdir(dir, { recursive: true }).catch((e) => { throw ioError(e); });
+  await removeAbandoned(dir, path.basename(file));
   try {
     const out = await fs.promises.open(tmp, 'w');
     try {
@@ -120,5 +124,16 @@ function fillNormalish(out: Float32Array, std: number, random: () => number): vo
     const a = random();
     const b = random();
     out[i] = ((a & 0xffff) + (a >>> 16) + (b & 0xffff) + (b >>> 16) - 131070) * scale;
+  }
+}
+
+/** Deletes temp files of this name that a killed generation left behind (553 MB each). */
+async function removeAbandoned(dir: string, name: string): Promise<void> {
+  const prefix = `.${name}.`;
+  for (const entry of await fs.promises.readdir(dir).catch(() => [] as string[])) {
+    if (!entry.startsWith(prefix) || !entry.endsWith('.tmp')) continue;
+    const at = path.join(dir, entry);
+    const stat = await fs.promises.stat(at).catch(() => undefined);
+    if (stat && Date.now() - stat.mtimeMs > ABANDONED_MS) await fs.promises.rm(at, { force: true });
   }
 }

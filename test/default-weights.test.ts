@@ -30,6 +30,19 @@ describe('default weights', () => {
     assert.deepEqual(fs.readdirSync(dir), [path.basename(file)]);
   });
 
+  it('removes the temp file a killed generation left, but not one still being written', async function () {
+    this.timeout(120000);
+    const dir = tmpDir();
+    const stale = path.join(dir, '.vgg16-random-seed0.safetensors.999991.tmp');
+    const live = path.join(dir, '.vgg16-random-seed0.safetensors.999992.tmp');
+    fs.writeFileSync(stale, 'partial');
+    fs.writeFileSync(live, 'partial');
+    const hourAgo = new Date(Date.now() - 3600_000);
+    fs.utimesSync(stale, hourAgo, hourAgo);
+    const file = await defaultWeights({ cacheDir: dir, quiet: true });
+    assert.deepEqual(fs.readdirSync(dir).sort(), [path.basename(live), path.basename(file)].sort());
+  });
+
   it('says on stderr, unless quiet, that the weights are random; an unwritable cache is E_IO', async () => {
     // A cache folder under a regular file cannot be made, which also spares this test 553 MB.
     const blocked = path.join(writeTemp(new Uint8Array(1), 'not-a-folder'), 'cache');
