@@ -15,3 +15,5 @@ export { presetArch, inferShapes, countParams, countMacs, layerTable, blobNames,
 export type { Arch, CfgItem, Head, LayerRow } from './topology';
 export { createServer, vggnetPlugin, VggnetService, Batcher } from './serve';
 export type { ServeModel, ServeOptions, VggnetPluginOptions, BatcherOptions } from './serve';
+export { submitJob, runWorker, jobStatus, mergeJob } from './jobs';
+export type { SubmitOptions, SubmitResult, WorkerOptions, JobWorker, JobStatus, JobSpec, MergeResult } from './jobs';

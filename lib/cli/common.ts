@@ -13,6 +13,9 @@ export function reportError(e: unknown): void {
   let message: string;
   if (e instanceof VggError) {
     [code, message] = [e.code, e.message];
+  } else if (e instanceof Error && typeof (e as NodeJS.ErrnoException).syscall === 'string') {
+    // A system call that failed outside our checks (a Redis server that refuses the connection).
+    [code, message] = ['E_IO', e.message];
   } else if (e instanceof CommanderError) {
     [code, message] = ['E_ARG', e.message.replace(/^error: /, '')];
   } else {

@@ -8,6 +8,7 @@ import { registerConvert } from './convert';
 import { registerExtract } from './extract';
 import { registerFetch } from './fetch';
 import { registerInfo } from './info';
+import { registerJob } from './job';
 import { registerRun } from './run';
 import { registerServe } from './serve';
 
@@ -29,6 +30,7 @@ registerFetch(program);
 registerClassify(program);
 registerExtract(program);
 registerServe(program);
+registerJob(program);
 
 program.parseAsync(process.argv).catch((e: unknown) => {
   if (e instanceof CommanderError && e.code === 'commander.help') {
