@@ -1,5 +1,6 @@
-import { Command, CommanderError, InvalidArgumentError } from 'commander';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import type { Device, Precision } from '../device';
+import { PRESETS } from '../preprocess';
 import { VggError } from '../errors';
 
 /**
@@ -79,4 +80,22 @@ export function engineSettings(flags: EngineFlags): { threads?: number; device?:
   if (flags.device !== undefined) out.device = flags.device as Device;
   if (flags.precision !== undefined) out.precision = flags.precision as Precision;
   return out;
+}
+
+/** `--crop`: a side in pixels, or 'none' for the whole resized image. */
+function cropSize(value: string): number | false {
+  if (value === 'none') return false;
+  try {
+    return positiveInt(value);
+  } catch {
+    throw new InvalidArgumentError("Expected a positive integer or 'none'.");
+  }
+}
+
+/** How images become network input: --preset, --size and --crop (extract and job submit alike). */
+export function preprocessOptions(command: Command): Command {
+  return command
+    .addOption(new Option('--preset <name>', 'the preprocessing the weights were trained with').choices(PRESETS).default('torchvision'))
+    .option('--size <n>', 'shorter side after resizing', positiveInt, 256)
+    .option('--crop <n|none>', "side of the center crop, or 'none' for the whole resized image", cropSize, 224);
 }

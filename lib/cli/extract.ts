@@ -1,17 +1,17 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { SingleBar } from 'cli-progress';
-import { Command, InvalidArgumentError, Option } from 'commander';
+import { Command } from 'commander';
 import { defaultWeights } from '../default-weights';
 import { IMAGE_EXTENSIONS, imageList } from '../inputs';
 import { VggError } from '../errors';
 import type { ExtractRecord } from '../extract';
 import { loadModel, type Model } from '../model';
-import { PRESETS, type Preset } from '../preprocess';
+import type { Preset } from '../preprocess';
 import { writerFor } from '../writers';
 import { Journal } from '../writers/journal';
 import { writeAtomic } from '../writers/sink';
-import { type EngineFlags, commaList, engineOptions, engineSettings, positiveInt, reportError } from './common';
+import { type EngineFlags, commaList, engineOptions, engineSettings, positiveInt, preprocessOptions, reportError } from './common';
 
 interface ExtractFlags extends EngineFlags {
   weights?: string;
@@ -57,20 +57,8 @@ export function registerExtract(program: Command): void {
     .requiredOption('--out <file>', 'features file: .safetensors, .npy or .jsonl')
     .option('--batch <n>', 'images per run of the network', positiveInt, 32)
     .option('--resume', 'continue an interrupted run of the same command')
-    .addOption(new Option('--preset <name>', 'the preprocessing the weights were trained with').choices(PRESETS).default('torchvision'))
-    .option('--size <n>', 'shorter side after resizing', positiveInt, 256)
-    .option('--crop <n|none>', "side of the center crop, or 'none' for the whole resized image", cropSize, 224)
     .addHelpText('after', HELP);
-  engineOptions(command).action(extractImages);
-}
-
-function cropSize(value: string): number | false {
-  if (value === 'none') return false;
-  try {
-    return positiveInt(value);
-  } catch {
-    throw new InvalidArgumentError("Expected a positive integer or 'none'.");
-  }
+  engineOptions(preprocessOptions(command)).action(extractImages);
 }
 
 async function extractImages(input: string, flags: ExtractFlags): Promise<void> {

@@ -1,20 +1,10 @@
 import { SingleBar } from 'cli-progress';
-import { Command, InvalidArgumentError, Option } from 'commander';
-import { type Device, type Precision } from '../device';
+import { Command, Option } from 'commander';
 import { jobStatus, mergeJob, runWorker, submitJob, type JobStatus } from '../jobs';
-import { PRESETS, type Preset } from '../preprocess';
-import { type EngineFlags, commaList, engineOptions, positiveInt, reportError } from './common';
+import type { Preset } from '../preprocess';
+import { type EngineFlags, commaList, engineOptions, engineSettings, positiveInt, preprocessOptions, reportError } from './common';
 
 const redisOption = () => new Option('--redis <url>', 'Redis URL').env('REDIS_URL').default('redis://127.0.0.1:6379');
-
-function cropSize(value: string): number | false {
-  if (value === 'none') return false;
-  try {
-    return positiveInt(value);
-  } catch {
-    throw new InvalidArgumentError("Expected a positive integer or 'none'.");
-  }
-}
 
 const HELP = `
 A job splits the images into shards of --shard-size images and puts one BullMQ job per shard in
@@ -31,7 +21,7 @@ Exit status of wait: 0 every shard done; 2 some shards failed for good (see \`vg
 export function registerJob(program: Command): void {
   const job = program.command('job').description('distributed extraction on Redis/BullMQ: submit, worker, status, wait, merge').addHelpText('after', HELP);
 
-  job.command('submit')
+  const submit = job.command('submit')
     .description('split images into shards and enqueue them; prints the job id')
     .argument('<images>', 'a folder, a glob, a .txt list of paths, or one image')
     .requiredOption('--weights <file>', 'weights (.safetensors), at the same path on every worker')
@@ -39,12 +29,10 @@ export function registerJob(program: Command): void {
     .requiredOption('--out <dir>', 'output folder for the manifest and the shards')
     .option('--shard-size <n>', 'images per shard', positiveInt, 1000)
     .option('--batch <n>', 'images per run of the network', positiveInt, 32)
-    .addOption(new Option('--preset <name>', 'preprocessing').choices(PRESETS).default('torchvision'))
-    .option('--size <n>', 'shorter side after resizing', positiveInt, 256)
-    .option('--crop <n|none>', "center crop side, or 'none'", cropSize, 224)
     .option('--attempts <n>', 'tries per shard before it fails for good', positiveInt, 3)
     .option('--backoff-ms <n>', 'delay before the first retry, doubling after', positiveInt, 5000)
-    .addOption(redisOption())
+    .addOption(redisOption());
+  preprocessOptions(submit)
     .action(async (images: string, f: { weights: string; outputs: string[]; out: string; shardSize: number; batch: number; preset: Preset; size: number; crop: number | false; attempts: number; backoffMs: number; redis: string }) => {
       const r = await submitJob(images, {
         weights: f.weights, outputs: f.outputs, out: f.out, shardSize: f.shardSize, batchSize: f.batch,
@@ -63,9 +51,7 @@ export function registerJob(program: Command): void {
   engineOptions(worker).action(async (f: EngineFlags & { concurrency: number; lockMs: number; stalledMs: number; redis: string }) => {
     const w = runWorker({
       redis: f.redis, concurrency: f.concurrency, lockDuration: f.lockMs, stalledInterval: f.stalledMs,
-      ...(f.threads !== undefined ? { threads: f.threads } : {}),
-      ...(f.device !== undefined ? { device: f.device as Device } : {}),
-      ...(f.precision !== undefined ? { precision: f.precision as Precision } : {}),
+      ...engineSettings(f),
       onShard: (e) => process.stderr.write(`vgg job worker: job ${e.job} shard ${e.index}: ${e.skipped ? 'already done' : `${e.images} images, ${e.failed} failed, ${e.seconds.toFixed(2)} s`}\n`),
     });
     w.worker.on('failed', (j, err) => process.stderr.write(`vgg job worker: shard ${j?.id}: ${err.message}\n`));
