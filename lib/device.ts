@@ -9,7 +9,7 @@ export type { Precision };
 /** 'cpu' (oneDNN), 'cuda' (device 0) or 'cuda:N'. */
 export type Device = 'cpu' | 'cuda' | `cuda:${number}`;
 
-const PRECISIONS: Record<'cpu' | 'cuda', Precision[]> = { cpu: ['fp32'], cuda: ['fp32', 'bf16', 'fp16'] };
+const PRECISIONS: Record<'cpu' | 'cuda', Precision[]> = { cpu: ['fp32', 'bf16', 'int8'], cuda: ['fp32', 'bf16', 'fp16'] };
 
 /** The CUDA device index a device string names, or -1 for the CPU. */
 export function cudaIndex(device: unknown): number {

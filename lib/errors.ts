@@ -5,6 +5,7 @@ export type VggErrorCode =
   | 'E_WEIGHTS_FORMAT' // a weights file that is not a valid safetensors / .pth file
   | 'E_WEIGHTS_MISSING' // a tensor the network needs is absent
   | 'E_WEIGHTS_EXTRA' // a tensor the network does not know
+  | 'E_WEIGHTS_FOREIGN' // a packed file made by another oneDNN version or for another instruction set
   | 'E_IO' // the file system said no
   | 'E_DISPOSED' // the model was disposed
   | 'E_BACKEND' // the native backend failed

@@ -4,10 +4,12 @@ import { classify, type ClassifyOptions, type Prediction } from './classify';
 import { VggError, argError, checkOptions, describe } from './errors';
 import { extract, type ExtractOptions, type ExtractRecord, type ExtractSource } from './extract';
 import { backendError, checkPrecision, cudaIndex, cudaLibraryDirs, type Device, type Precision } from './device';
+import { loadCalibration, outScale, type Calibration } from './calibration';
 import { native, type NativeExecutor, type NativeFeatureOp, type NativePlan } from './native';
+import { isPacked, readPacked, type PackedWeights } from './packed';
 import { parseSafetensors, type Tensor } from './safetensors';
 import { blobNames, countParams, FC6_WINDOW, featureLayers, inferShapes, lastWidth, LRN, type Arch, type CfgItem, type Head } from './topology';
-import { bindWeights, type BoundWeights, type Naming } from './weights';
+import { bindWeights, type Naming } from './weights';
 
 export interface LoadOptions {
   /** The head `run` uses unless told otherwise: 'fixed' (torchvision) or 'dense' (the paper's). */
@@ -16,8 +18,24 @@ export interface LoadOptions {
   threads?: number;
   /** 'cpu' (oneDNN, the default), 'cuda' or 'cuda:N' (cuDNN and cuBLASLt). */
   device?: Device;
-  /** 'fp32' (the default); on a GPU also 'bf16' or 'fp16'. Blobs are float32 either way. */
+  /**
+   * 'fp32' (the default), 'bf16' or 'int8' on the CPU; 'fp32', 'bf16' or 'fp16' on a GPU.
+   * Blobs are float32 either way. A packed file's precision is its own.
+   */
   precision?: Precision;
+  /** CPU fp32: Winograd convolutions for the 3x3 layers (faster, about 1e-4 relative error). */
+  winograd?: boolean;
+  /** int8: the activation ranges `vgg calibrate` measured, as its file's path or its content. */
+  calibration?: string | Calibration;
+}
+
+/** A weights file bound to its architecture; a packed file's weights are in `packed` instead. */
+export interface ModelWeights {
+  arch: Arch;
+  naming: Naming;
+  convs: { weight: Float32Array | null; bias: Float32Array }[];
+  fc: [{ weight: Float32Array | null; bias: Float32Array }, { weight: Float32Array | null; bias: Float32Array }, { weight: Float32Array | null; bias: Float32Array }];
+  packed?: PackedWeights;
 }
 
 export interface RunOptions {
@@ -60,25 +78,44 @@ function checkHead(value: unknown, name: string): Head {
  * memory rather than read. The returned model runs on its own native thread.
  */
 export async function loadModel(file: string, options?: LoadOptions): Promise<Model> {
-  const opts = checkOptions(options as LoadOptions | undefined, 'options', ['head', 'threads', 'device', 'precision']);
+  const opts = checkOptions(options as LoadOptions | undefined, 'options', ['head', 'threads', 'device', 'precision', 'winograd', 'calibration']);
   const head = checkHead(opts.head ?? 'fixed', 'options.head');
   const threads = opts.threads ?? os.availableParallelism();
   if (!Number.isSafeInteger(threads) || threads < 1 || threads > 1024) throw argError('options.threads', 'an integer from 1 to 1024', opts.threads);
+  if (opts.winograd !== undefined && typeof opts.winograd !== 'boolean') throw argError('options.winograd', 'a boolean', opts.winograd);
 
   const device = opts.device ?? 'cpu';
   const cudaDevice = cudaIndex(device);
-  const precision = checkPrecision(opts.precision ?? 'fp32', cudaDevice >= 0);
+  const weights = await openWeights(file);
+  const packed = weights.packed?.header;
+  if (packed && cudaDevice >= 0) throw new VggError('E_ARG', `${file} is a packed file, which only the CPU backend reads; load the original weights for device ${device}`);
+  const precision = checkPrecision(opts.precision ?? packed?.precision ?? 'fp32', cudaDevice >= 0);
+  const winograd = opts.winograd ?? packed?.winograd ?? false;
+  if (winograd && (precision !== 'fp32' || cudaDevice >= 0)) throw new VggError('E_ARG', `options.winograd is for fp32 on the CPU, not ${precision} on ${device}`);
+  if (packed && (precision !== packed.precision || winograd !== packed.winograd)) {
+    const mode = (p: string, w: boolean) => `${p}${w ? ' with Winograd' : ''}`;
+    throw new VggError('E_ARG', `${file} was packed for ${mode(packed.precision, packed.winograd)}, not ${mode(precision, winograd)}; pack it again with those options or load the original weights`);
+  }
+  let calibration: Calibration | undefined;
+  if (precision === 'int8') {
+    if (opts.calibration === undefined && !packed) {
+      throw new VggError('E_ARG', `int8 needs activation ranges: make them with \`vgg calibrate --weights ${file} --input SAMPLES.safetensors --out ${file.replace(/\.safetensors$/, '')}.calib.json\` (or --images DIR) and pass { calibration: 'that file' }`);
+    }
+    calibration = loadCalibration(opts.calibration ?? packed!.calibration, weights.arch);
+  } else if (opts.calibration !== undefined) {
+    throw new VggError('E_ARG', `options.calibration is for int8, not ${precision}`);
+  }
   const libraryDirs = cudaDevice >= 0 ? await cudaLibraryDirs() : [];
-  const model = new Model(await openWeights(file), { head, threads, device, precision, cudaDevice, libraryDirs });
+  const model = new Model(weights, { head, threads, device, precision, winograd, calibration, cudaDevice, libraryDirs });
   await model.started();
   return model;
 }
 
 /**
- * Maps a weights file and binds it to its architecture, validating every tensor, without
- * starting an executor: what `loadModel` and `vgg info` share.
+ * Maps a weights file (safetensors, or packed by `vgg pack`) and binds it to its architecture,
+ * validating every tensor, without starting an executor: what `loadModel` and `vgg info` share.
  */
-export async function openWeights(file: string): Promise<BoundWeights> {
+export async function openWeights(file: string): Promise<ModelWeights> {
   if (typeof file !== 'string' || file.length === 0) throw argError('path', 'a weights file path', file);
   let stat: fs.Stats;
   try {
@@ -95,7 +132,16 @@ export async function openWeights(file: string): Promise<BoundWeights> {
     if (e instanceof VggError) throw e;
     throw new VggError('E_IO', `cannot map weights file ${file}: ${(e as Error).message}`, { cause: e });
   }
-  return bindWeights(parseSafetensors(new Uint8Array(mapped), file));
+  const bytes = new Uint8Array(mapped);
+  if (isPacked(bytes)) {
+    const packed = readPacked(bytes, file);
+    const { arch, naming } = packed.header;
+    const layer = (i: number) => ({ weight: null, bias: packed.biases[i] });
+    const convs = featureLayers(arch).filter((l) => l.kind === 'conv').map((_, i) => layer(i));
+    const fc: ModelWeights['fc'] = [layer(convs.length), layer(convs.length + 1), layer(convs.length + 2)];
+    return { arch, naming, convs, fc, packed };
+  }
+  return bindWeights(parseSafetensors(bytes, file));
 }
 
 export class Model {
@@ -104,21 +150,42 @@ export class Model {
   readonly threads: number;
   readonly device: Device;
   readonly precision: Precision;
+  readonly winograd: boolean;
+  /** int8: the activation ranges in use. */
+  readonly calibration: Calibration | undefined;
   #executor: NativeExecutor;
   #disposed: Promise<void> | undefined;
   #arch: Arch;
 
   /** Use loadModel(). */
-  constructor(weights: BoundWeights, settings: { head: Head; threads: number; device: Device; precision: Precision; cudaDevice: number; libraryDirs: string[] }) {
-    const { head, threads, device, precision, cudaDevice, libraryDirs } = settings;
+  constructor(weights: ModelWeights, settings: {
+    head: Head; threads: number; device: Device; precision: Precision; winograd: boolean; calibration?: Calibration;
+    cudaDevice: number; libraryDirs: string[];
+  }) {
+    const { head, threads, device, precision, winograd, calibration, cudaDevice, libraryDirs } = settings;
     this.info = archInfo(weights.arch, weights.naming);
     this.head = head;
     this.threads = threads;
     this.device = device;
     this.precision = precision;
+    this.winograd = winograd;
+    this.calibration = calibration;
     this.#arch = weights.arch;
     // The plan pins the weights (and the mapped file) in the executor until dispose() is done.
-    this.#executor = new (native().Executor)({ ...buildPlan(weights), threads, cudaDevice, precision, libraryDirs });
+    this.#executor = new (native().Executor)({
+      ...buildPlan(weights, calibration), threads, cudaDevice, precision, winograd, libraryDirs,
+      ...(weights.packed ? { packed: weights.packed.packed } : {}),
+    });
+  }
+
+  /**
+   * Every layer's weights in the layouts this machine's primitives choose for these input
+   * shapes ([n, h, w, head]): what `vgg pack` writes.
+   */
+  packLayouts(shapes: [number, number, number, Head][]): ReturnType<NativeExecutor['pack']> {
+    if (this.#disposed) throw new VggError('E_DISPOSED', 'this model was disposed; load it again to pack it');
+    for (const [n, h, w, head] of shapes) inferShapes(this.#arch, n, h, w, head);
+    return this.#executor.pack(shapes.map(([n, h, w, head]) => [n, h, w, head === 'dense']));
   }
 
   /** Resolves once the backend runs (a GPU one has its context and weights); else disposes. */
@@ -252,13 +319,14 @@ function meanOfHalves(prob: Float32Array): Float32Array {
   return out;
 }
 
-/** The network for the addon: every layer in order with its weights, already checked. */
-function buildPlan(weights: BoundWeights): Pick<NativePlan, 'lastC' | 'features' | 'fc'> {
+/** The network for the addon: every layer in order with its weights (and int8 ranges), already checked. */
+function buildPlan(weights: ModelWeights, calibration?: Calibration): Pick<NativePlan, 'lastC' | 'features' | 'fc'> {
   let conv = 0;
+  const scale = (blob: string) => (calibration ? { outScale: outScale(calibration, blob) } : {});
   const features = featureLayers(weights.arch).map((l): NativeFeatureOp => {
     if (l.kind === 'pool') return { kind: 'pool' };
-    if (l.kind === 'lrn') return { kind: 'lrn', ...LRN };
-    return { kind: 'conv', kernel: l.kernel, inC: l.inC, outC: l.outC, ...weights.convs[conv++] };
+    if (l.kind === 'lrn') return { kind: 'lrn', ...LRN, ...scale(l.name) };
+    return { kind: 'conv', kernel: l.kernel, inC: l.inC, outC: l.outC, ...weights.convs[conv++], ...scale(l.name) };
   });
   const c = lastWidth(weights.arch);
   const [fc6, fc7, fc8] = weights.fc;
@@ -267,8 +335,8 @@ function buildPlan(weights: BoundWeights): Pick<NativePlan, 'lastC' | 'features'
     lastC: c,
     features,
     fc: [
-      { inF: c * FC6_WINDOW * FC6_WINDOW, outF: fcHidden, ...fc6 },
-      { inF: fcHidden, outF: fcHidden, ...fc7 },
+      { inF: c * FC6_WINDOW * FC6_WINDOW, outF: fcHidden, ...fc6, ...scale('fc6') },
+      { inF: fcHidden, outF: fcHidden, ...fc7, ...scale('fc7') },
       { inF: fcHidden, outF: classes, ...fc8 },
     ],
   };

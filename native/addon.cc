@@ -44,8 +44,28 @@ Napi::Value CudaProbe(const Napi::CallbackInfo& info) {
 #endif
 }
 
+// describeLayout(bytes): { dims, dataType, bytes } of a packed layout; throws if it is not one.
+Napi::Value DescribeLayout(const Napi::CallbackInfo& info) {
+#ifdef VGG_WITH_ONEDNN
+  Napi::Env env = info.Env();
+  Napi::Uint8Array bytes = info[0].As<Napi::Uint8Array>();
+  const vgg::onednn::LayoutInfo l = vgg::onednn::describeLayout(bytes.Data(), bytes.ByteLength());
+  if (!l.error.empty()) throw Napi::Error::New(env, l.error);
+  Napi::Object out = Napi::Object::New(env);
+  Napi::Array dims = Napi::Array::New(env, l.dims.size());
+  for (size_t i = 0; i < l.dims.size(); i++) dims.Set(i, static_cast<double>(l.dims[i]));
+  out.Set("dims", dims);
+  out.Set("dataType", l.dataType);
+  out.Set("bytes", static_cast<double>(l.bytes));
+  return out;
+#else
+  return info.Env().Null();
+#endif
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("cudaProbe", Napi::Function::New(env, CudaProbe, "cudaProbe"));
+  exports.Set("describeLayout", Napi::Function::New(env, DescribeLayout, "describeLayout"));
   exports.Set("mapFile", Napi::Function::New(env, vgg::MapFile, "mapFile"));
   exports.Set("versions", Napi::Function::New(env, Versions, "versions"));
   exports.Set("Executor", vgg::Executor::Define(env));

@@ -10,6 +10,10 @@
 
 namespace vgg {
 
+std::vector<PackedOut> Backend::pack(const std::vector<RunRequest>&) {
+  throw std::runtime_error("packed weights are for the CPU backend only");
+}
+
 std::unique_ptr<Backend> makeBackend(const Plan& plan) {
   if (plan.cudaDevice < 0) {
 #ifdef VGG_WITH_ONEDNN

@@ -10,6 +10,12 @@ namespace vgg {
 namespace {
 
 const float* floats(const Napi::Value& v) { return v.As<Napi::Float32Array>().Data(); }
+// Weights a packed file supplies are null in the plan.
+const float* optionalFloats(const Napi::Value& v) { return v.IsTypedArray() ? floats(v) : nullptr; }
+float scaleOf(const Napi::Object& op) {
+  Napi::Value v = op.Get("outScale");
+  return v.IsNumber() ? v.As<Napi::Number>().FloatValue() : 0.f;
+}
 
 // The plan as TypeScript built and validated it (lib/native.ts); nothing here re-checks it.
 Plan readPlan(const Napi::Object& js) {
@@ -17,7 +23,11 @@ Plan readPlan(const Napi::Object& js) {
   plan.threads = js.Get("threads").As<Napi::Number>().Int32Value();
   plan.cudaDevice = js.Get("cudaDevice").As<Napi::Number>().Int32Value();
   const std::string precision = js.Get("precision").As<Napi::String>();
-  plan.precision = precision == "bf16" ? Precision::BF16 : precision == "fp16" ? Precision::F16 : Precision::F32;
+  plan.precision = precision == "bf16"   ? Precision::BF16
+                   : precision == "fp16" ? Precision::F16
+                   : precision == "int8" ? Precision::I8
+                                         : Precision::F32;
+  plan.winograd = js.Get("winograd").ToBoolean();
   Napi::Array dirs = js.Get("libraryDirs").As<Napi::Array>();
   for (uint32_t i = 0; i < dirs.Length(); i++) plan.libraryDirs.push_back(dirs.Get(i).As<Napi::String>());
   plan.lastC = js.Get("lastC").As<Napi::Number>().Int32Value();
@@ -31,8 +41,9 @@ Plan readPlan(const Napi::Object& js) {
       op.kernel = f.Get("kernel").As<Napi::Number>().Int32Value();
       op.inC = f.Get("inC").As<Napi::Number>().Int32Value();
       op.outC = f.Get("outC").As<Napi::Number>().Int32Value();
-      op.weight = floats(f.Get("weight"));
+      op.weight = optionalFloats(f.Get("weight"));
       op.bias = floats(f.Get("bias"));
+      op.outScale = scaleOf(f);
     } else if (kind == "pool") {
       op.kind = OpKind::MaxPool;
     } else {
@@ -41,6 +52,7 @@ Plan readPlan(const Napi::Object& js) {
       op.alpha = f.Get("alpha").As<Napi::Number>().FloatValue();
       op.beta = f.Get("beta").As<Napi::Number>().FloatValue();
       op.k = f.Get("k").As<Napi::Number>().FloatValue();
+      op.outScale = scaleOf(f);
     }
     plan.features.push_back(op);
   }
@@ -48,16 +60,52 @@ Plan readPlan(const Napi::Object& js) {
   for (uint32_t i = 0; i < 3; i++) {
     Napi::Object f = fc.Get(i).As<Napi::Object>();
     plan.fc[i] = {f.Get("inF").As<Napi::Number>().Int32Value(), f.Get("outF").As<Napi::Number>().Int32Value(),
-                  floats(f.Get("weight")), floats(f.Get("bias"))};
+                  optionalFloats(f.Get("weight")), floats(f.Get("bias")), scaleOf(f)};
+  }
+  Napi::Value packed = js.Get("packed");
+  if (packed.IsArray()) {
+    Napi::Array list = packed.As<Napi::Array>();
+    for (uint32_t i = 0; i < list.Length(); i++) {
+      Napi::Object p = list.Get(i).As<Napi::Object>();
+      Napi::Uint8Array layout = p.Get("layout").As<Napi::Uint8Array>();
+      PackedWeight w;
+      w.layer = p.Get("layer").As<Napi::Number>().Int32Value();
+      w.layout.assign(reinterpret_cast<const char*>(layout.Data()), layout.ByteLength());
+      w.data = p.Get("data").As<Napi::Uint8Array>().Data();
+      w.scales = optionalFloats(p.Get("scales"));
+      plan.packed.push_back(std::move(w));
+    }
   }
   return plan;
+}
+
+// The packed layers as JS objects; each data buffer is handed over without a copy.
+Napi::Value packedToJs(Napi::Env env, std::vector<PackedOut>& packed) {
+  Napi::Array out = Napi::Array::New(env, packed.size());
+  for (size_t i = 0; i < packed.size(); i++) {
+    PackedOut& p = packed[i];
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("layer", p.layer);
+    o.Set("layout", Napi::Buffer<char>::Copy(env, p.layout.data(), p.layout.size()));
+    auto* owner = new std::shared_ptr<std::vector<char>>(p.data);
+    o.Set("data", Napi::Buffer<char>::New(env, (*owner)->data(), (*owner)->size(),
+                                          [](Napi::Env, char*, std::shared_ptr<std::vector<char>>* h) { delete h; }, owner));
+    if (!p.scales.empty()) {
+      Napi::Float32Array scales = Napi::Float32Array::New(env, p.scales.size());
+      std::copy(p.scales.begin(), p.scales.end(), scales.Data());
+      o.Set("scales", scales);
+    }
+    out.Set(i, o);
+  }
+  return out;
 }
 
 }  // namespace
 
 Napi::Function Executor::Define(Napi::Env env) {
   return DefineClass(env, "Executor",
-                     {InstanceMethod<&Executor::Run>("run"), InstanceMethod<&Executor::Dispose>("dispose"),
+                     {InstanceMethod<&Executor::Run>("run"), InstanceMethod<&Executor::Pack>("pack"),
+                      InstanceMethod<&Executor::Dispose>("dispose"),
                       InstanceAccessor<&Executor::Pending>("pending"), InstanceAccessor<&Executor::Ready>("ready")});
 }
 
@@ -76,6 +124,7 @@ Executor::Executor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Executor>(
   };
   for (const FeatureOp& op : plan_.features) if (op.kind == OpKind::Conv) { hold(op.weight); hold(op.bias); }
   for (const FcOp& fc : plan_.fc) { hold(fc.weight); hold(fc.bias); }
+  for (const PackedWeight& p : plan_.packed) { hold(static_cast<const float*>(p.data)); hold(p.scales); }
   auto* init = new Job{JobKind::Init, {}, {}, Napi::Promise::Deferred::New(env), {}};
   ready_ = Napi::Persistent(init->deferred.Promise());
   enqueue(init);
@@ -108,6 +157,27 @@ Napi::Value Executor::Run(const Napi::CallbackInfo& info) {
     r.captures.push_back({pair.Get(0u).As<Napi::Number>().Int32Value(),
                           pair.Get(1u).As<Napi::Float32Array>().Data()});
     job->pins.push_back(Napi::Persistent(pair.Get(1u)));
+  }
+  Napi::Promise promise = job->deferred.Promise();
+  enqueue(job);
+  return promise;
+}
+
+// pack(shapes: [n, h, w, dense][]) -> Promise<{ layer, layout, data, scales? }[]>
+Napi::Value Executor::Pack(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (disposing_) throw Napi::Error::New(env, "executor is disposed");
+  auto* job = new Job{JobKind::Pack, {}, {}, Napi::Promise::Deferred::New(env), {}};
+  Napi::Array shapes = info[0].As<Napi::Array>();
+  for (uint32_t i = 0; i < shapes.Length(); i++) {
+    Napi::Array s = shapes.Get(i).As<Napi::Array>();
+    RunRequest r;
+    r.input = nullptr;
+    r.n = s.Get(0u).As<Napi::Number>().Int32Value();
+    r.h = s.Get(1u).As<Napi::Number>().Int32Value();
+    r.w = s.Get(2u).As<Napi::Number>().Int32Value();
+    r.head = s.Get(3u).ToBoolean() ? Head::Dense : Head::Fixed;
+    job->shapes.push_back(r);
   }
   Napi::Promise promise = job->deferred.Promise();
   enqueue(job);
@@ -168,6 +238,10 @@ void Executor::loop() {
           if (!backend) throw std::runtime_error("the backend failed to start");
           backend->run(job->request, next);
           break;
+        case JobKind::Pack:
+          if (!backend) throw std::runtime_error("the backend failed to start");
+          job->packed = backend->pack(job->shapes);
+          break;
         case JobKind::Stop: backend.reset(); break;
       }
     } catch (const std::exception& e) {
@@ -184,8 +258,9 @@ void Executor::Complete(Napi::Env env, Napi::Function, Executor* self, Job* job)
   if (env == nullptr) return;  // the environment is shutting down
   if (job->kind == JobKind::Stop && self->thread_.joinable()) self->thread_.join();
   try {
-    if (job->error.empty()) job->deferred.Resolve(env.Undefined());
-    else job->deferred.Reject(Napi::Error::New(env, job->error).Value());
+    if (!job->error.empty()) job->deferred.Reject(Napi::Error::New(env, job->error).Value());
+    else if (job->kind == JobKind::Pack) job->deferred.Resolve(packedToJs(env, job->packed));
+    else job->deferred.Resolve(env.Undefined());
   } catch (const Napi::Error&) {
     // The environment is terminating (worker.terminate()): nobody is left to settle.
   }

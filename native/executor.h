@@ -21,18 +21,21 @@ class Executor : public Napi::ObjectWrap<Executor> {
 
  private:
   // The baton: everything a job needs, with its JS inputs pinned until it completes.
-  enum class JobKind { Init, Run, Stop };
+  enum class JobKind { Init, Run, Pack, Stop };
   struct Job {
     JobKind kind;
     RunRequest request;
     std::string error;
     Napi::Promise::Deferred deferred;
     std::vector<Napi::Reference<Napi::Value>> pins;
+    std::vector<RunRequest> shapes = {};  // Pack: the networks to compile
+    std::vector<PackedOut> packed = {};   // Pack: the result
   };
   static void Complete(Napi::Env env, Napi::Function, Executor* self, Job* job);
   using Completion = Napi::TypedThreadSafeFunction<Executor, Job, Complete>;
 
   Napi::Value Run(const Napi::CallbackInfo& info);
+  Napi::Value Pack(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
   Napi::Value Pending(const Napi::CallbackInfo& info);
   Napi::Value Ready(const Napi::CallbackInfo& info);

@@ -2,6 +2,7 @@
 // The backend compiles a Plan for each input shape; it trusts every field.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -19,26 +20,49 @@ struct FeatureOp {
   // Lrn: PyTorch/Caffe convention (alpha is divided by size).
   int lrnSize = 0;
   float alpha = 0, beta = 0, k = 0;
+  // int8 only: the calibrated scale of this layer's output (255 / its largest value).
+  float outScale = 0;
 };
 
 struct FcOp {
   int inF = 0, outF = 0;
   const float* weight = nullptr;  // [outF, inF] row-major; fc6's inF is C*7*7 in CHW order
   const float* bias = nullptr;
+  float outScale = 0;  // int8, fc6 and fc7: as FeatureOp::outScale
+};
+
+// Weights a packed file holds already in a primitive's layout (vgg pack): `layer` is the
+// conv's index among the convolutions, then fc6, fc7, fc8; `layout` is the oneDNN memory
+// descriptor's bytes, checked by TypeScript to come from this oneDNN version and ISA.
+struct PackedWeight {
+  int layer = 0;
+  std::string layout;
+  const void* data = nullptr;
+  const float* scales = nullptr;  // int8: the per-output-channel weight scales it was quantized with
 };
 
 // The arithmetic the backend uses; blobs handed back are float32 whatever it is.
-enum class Precision { F32, BF16, F16 };
+enum class Precision { F32, BF16, F16, I8 };
 
 struct Plan {
   int threads = 1;
   // -1 for the CPU (oneDNN), otherwise the CUDA device index.
   int cudaDevice = -1;
   Precision precision = Precision::F32;
+  bool winograd = false;  // CPU fp32: Winograd for the 3x3 convolutions
   std::vector<std::string> libraryDirs;  // where to look for cuDNN and cuBLASLt
   std::vector<FeatureOp> features;
   FcOp fc[3];         // fc6, fc7, fc8
   int lastC = 0;      // channels of pool5
+  std::vector<PackedWeight> packed;  // a packed file's weights; conv/fc weight pointers are null then
+};
+
+// What vgg pack writes: one layer's weights as a primitive wants them, copied out of the backend.
+struct PackedOut {
+  int layer;
+  std::string layout;
+  std::shared_ptr<std::vector<char>> data;
+  std::vector<float> scales;
 };
 
 enum class Head { Fixed, Dense };

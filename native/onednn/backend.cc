@@ -1,6 +1,7 @@
 #include "backend.h"
 
 #include <omp.h>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 
@@ -22,15 +23,53 @@ Backend::Backend(const Plan& plan)
     : plan_(plan),
       engine_(rethrowing([] { return dnnl::engine(dnnl::engine::kind::cpu, 0); })),
       stream_(engine_),
-      weights_(engine_) {
+      weights_(engine_, plan.packed) {
   omp_set_num_threads(plan.threads);  // OpenMP settings are per thread: this is the executor's
 }
 
+Net& Backend::net(const RunRequest& r) {
+  return nets_.get(r, [&] { return std::make_unique<Net>(plan_, weights_, engine_, stream_, r.n, r.h, r.w, r.head); });
+}
+
 void Backend::run(const RunRequest& r, const RunRequest* /* next: nothing to prefetch on a CPU */) {
-  rethrowing([&] {
-    Net& net = nets_.get(r, [&] { return std::make_unique<Net>(plan_, weights_, engine_, stream_, r.n, r.h, r.w, r.head); });
-    net.run(r, stream_);
+  rethrowing([&] { net(r).run(r, stream_); });
+}
+
+std::vector<PackedOut> Backend::pack(const std::vector<RunRequest>& shapes) {
+  return rethrowing([&] {
+    for (const RunRequest& r : shapes) net(r);
+    return weights_.exportAll();
   });
+}
+
+LayoutInfo describeLayout(const uint8_t* bytes, size_t length) {
+  LayoutInfo info;
+  dnnl_memory_desc_t c;
+  if (length != sizeof c) {
+    info.error = "a layout is " + std::to_string(length) + " bytes; this oneDNN's are " + std::to_string(sizeof c);
+    return info;
+  }
+  std::memcpy(&c, bytes, sizeof c);
+  const bool known_kind = c.format_kind == dnnl_blocked || c.format_kind == dnnl_format_kind_wino;
+  if (c.ndims < 1 || c.ndims > 4 || !known_kind) {
+    info.error = "not a weights layout";
+    return info;
+  }
+  for (int i = 0; i < c.ndims; i++) {
+    if (c.dims[i] < 1 || c.padded_dims[i] < c.dims[i] || c.padded_dims[i] > c.dims[i] + 64) {
+      info.error = "dimension " + std::to_string(i) + " is out of range";
+      return info;
+    }
+    info.dims.push_back(c.dims[i]);
+  }
+  switch (c.data_type) {
+    case dnnl_f32: info.dataType = "f32"; break;
+    case dnnl_bf16: info.dataType = "bf16"; break;
+    case dnnl_s8: info.dataType = "s8"; break;
+    default: info.error = "data type " + std::to_string(c.data_type) + " is not a weights type"; return info;
+  }
+  info.bytes = dnnl_memory_desc_get_size(&c);
+  return info;
 }
 
 std::string versionString() {

@@ -14,6 +14,7 @@ class Backend : public vgg::Backend {
  public:
   explicit Backend(const Plan& plan);
   void run(const RunRequest& request, const RunRequest* next) override;
+  std::vector<PackedOut> pack(const std::vector<RunRequest>& shapes) override;
 
  private:
   const Plan& plan_;
@@ -21,10 +22,21 @@ class Backend : public vgg::Backend {
   dnnl::stream stream_;
   WeightCache weights_;
   ShapeCache<Net> nets_;
+
+  Net& net(const RunRequest& r);
 };
 
 // oneDNN's version and the instruction set it dispatches to on this machine.
 std::string versionString();
 std::string isaName();
+
+// What the bytes of a dnnl_memory_desc_t describe (vgg pack's layouts), or why they are not one.
+struct LayoutInfo {
+  std::vector<int64_t> dims;
+  std::string dataType;
+  size_t bytes = 0;
+  std::string error;
+};
+LayoutInfo describeLayout(const uint8_t* bytes, size_t length);
 
 }  // namespace vgg::onednn

@@ -17,13 +17,17 @@ constexpr int kWindow = 7;  // pool5 -> 7x7 before fc6, and fc6 as a 7x7 conv in
 
 Net::Net(const Plan& plan, WeightCache& weights, const dnnl::engine& engine, dnnl::stream& stream,
          int n, int h, int w, Head head)
-    : weights_(weights), engine_(engine), stream_(stream), n_(n) {
+    : weights_(weights), engine_(engine), stream_(stream), n_(n), precision_(plan.precision), winograd_(plan.winograd) {
   input_ = memory({{n, 3, h, w}, dt::f32, tag::nchw}, engine_, DNNL_MEMORY_NONE);
   cur_ = input_;
 
+  int layer = 0;
   for (const FeatureOp& op : plan.features) {
     switch (op.kind) {
-      case OpKind::Conv: conv(op.weight, op.bias, op.inC, op.outC, op.kernel, op.kernel / 2, true); break;
+      case OpKind::Conv:
+        conv({{layer++, op.weight, {op.outC, op.inC, op.kernel, op.kernel}, tag::oihw}, op.bias, true, op.outScale, false},
+             op.kernel / 2);
+        break;
       case OpKind::MaxPool: maxPool(); break;
       case OpKind::Lrn: lrn(op); break;
     }
@@ -33,17 +37,27 @@ Net::Net(const Plan& plan, WeightCache& weights, const dnnl::engine& engine, dnn
   const FcOp& fc6 = plan.fc[0];
   const FcOp& fc7 = plan.fc[1];
   const FcOp& fc8 = plan.fc[2];
+  const memory::dims fc6_dims = {fc6.outF, plan.lastC, kWindow, kWindow};
+  // fc6 reads pool5 as [N, C, 7, 7]; its weights are [out, C*49] in CHW order, i.e. OIHW.
+  const Layer l6{{layer, fc6.weight, fc6_dims, tag::oihw}, fc6.bias, true, fc6.outScale, false};
+  const Layer l7{{layer + 1, fc7.weight, {fc7.outF, fc7.inF}, tag::oi}, fc7.bias, true, fc7.outScale, false};
+  const Layer l8{{layer + 2, fc8.weight, {fc8.outF, fc8.inF}, tag::oi}, fc8.bias, false, 1, true};
   if (head == Head::Fixed) {
     adaptiveAvgPool7();
-    innerProduct(fc6, true);   markBlob();
-    innerProduct(fc7, true);   markBlob();
-    innerProduct(fc8, false);  markBlob();
-    softmax();                 markBlob();
+    innerProduct(l6);  markBlob();
+    innerProduct(l7);  markBlob();
+    innerProduct(l8);  markBlob();
+    softmax();         markBlob();
   } else {
-    // The paper's dense evaluation: the same fc weights, read as 7x7 and 1x1 convolutions.
-    conv(fc6.weight, fc6.bias, plan.lastC, fc6.outF, kWindow, 0, true);  markBlob();
-    conv(fc7.weight, fc7.bias, fc7.inF, fc7.outF, 1, 0, true);           markBlob();
-    conv(fc8.weight, fc8.bias, fc8.inF, fc8.outF, 1, 0, false, tag::nchw); markBlob();
+    // The paper's dense evaluation: the same fc weights, read as 7x7 and 1x1 convolutions
+    // (the same bytes as OIHW with 1x1 kernels, so a packed fc layout does not carry over).
+    Layer d7 = l7, d8 = l8;
+    d7.weights.dims = {fc7.outF, fc7.inF, 1, 1};
+    d7.weights.tag = d8.weights.tag = tag::oihw;
+    d8.weights.dims = {fc8.outF, fc8.inF, 1, 1};
+    conv(l6, 0);             markBlob();
+    conv(d7, 0);             markBlob();
+    conv(d8, 0, tag::nchw);  markBlob();
     meanOverSpace();  markBlob();
     softmax();        markBlob();
   }
@@ -72,21 +86,66 @@ void Net::run(const RunRequest& request, dnnl::stream& stream) {
 
 // ---- builders ----------------------------------------------------------------
 
-void Net::conv(const float* weight, const float* bias, int inC, int outC, int kernel, int pad, bool relu,
-               tag dst_tag) {
+// The data type of the activations a layer reads in this precision.
+dt Net::activationType(bool first) const {
+  if (precision_ == Precision::BF16) return dt::bf16;
+  if (precision_ == Precision::I8 && !first) return dt::u8;
+  return dt::f32;
+}
+
+// int8: the input's scale times each output channel's weight scale is the accumulator's
+// scale; output scales bring it to the next layer's, and the bias is moved into it.
+dnnl::primitive_attr Net::layerAttr(const Layer& layer, dt src_t, dt dst_t, const float** bias) {
+  dnnl::primitive_attr a = attr(layer.relu);
+  if (src_t != dt::u8) return a;
+  const std::vector<float>& w_scales = weights_.scales(layer.weights);
+  const float dst_scale = dst_t == dt::u8 ? layer.outScale : 1.f;
+  std::vector<float> out(w_scales.size()), b(w_scales.size());
+  for (size_t o = 0; o < w_scales.size(); o++) {
+    const float acc_scale = last_scale_ * w_scales[o];
+    out[o] = dst_scale / acc_scale;
+    b[o] = (*bias)[o] * acc_scale;
+  }
+  a.set_output_scales(1 << 1, out);
+  biases_.push_back(std::move(b));
+  *bias = biases_.back().data();
+  return a;
+}
+
+void Net::conv(const Layer& layer, int pad, tag dst_tag) {
   const memory::dims src_dims = cur_.get_desc().dims();
+  const memory::dims& w_dims = layer.weights.dims;
+  const int kernel = static_cast<int>(w_dims[2]);
   const memory::dim oh = src_dims[2] - kernel + 1 + 2 * pad, ow = src_dims[3] - kernel + 1 + 2 * pad;
-  const memory::dims w_dims = {outC, inC, kernel, kernel};
-  dnnl::convolution_forward::desc d(
-      prop_kind::forward_inference, algorithm::convolution_direct,
-      {src_dims, dt::f32, tag::any}, {w_dims, dt::f32, tag::any}, {{outC}, dt::f32, tag::x},
-      {{n_, outC, oh, ow}, dt::f32, dst_tag}, {1, 1}, {pad, pad}, {pad, pad});
-  dnnl::convolution_forward::primitive_desc pd(d, attr(relu), engine_);
+  const bool first = convs_++ == 0;
+  const dt src_t = activationType(first);
+  const dt dst_t = layer.floatOut ? dt::f32 : src_t;
+  const dt w_t = src_t == dt::u8 ? dt::s8 : src_t;
+  const float* bias = layer.bias;
+  const dnnl::primitive_attr a = layerAttr(layer, src_t, dst_t, &bias);
+
+  auto make = [&](algorithm alg) {
+    dnnl::convolution_forward::desc d(
+        prop_kind::forward_inference, alg, {src_dims, src_t, tag::any}, {w_dims, w_t, tag::any},
+        {{w_dims[0]}, dt::f32, tag::x}, {{n_, w_dims[0], oh, ow}, dst_t, dst_tag}, {1, 1}, {pad, pad}, {pad, pad});
+    return dnnl::convolution_forward::primitive_desc(d, a, engine_);
+  };
+  dnnl::convolution_forward::primitive_desc pd;
+  if (winograd_ && kernel == 3 && src_t == dt::f32) {
+    try {
+      pd = make(algorithm::convolution_winograd);
+    } catch (const dnnl::error&) {
+      pd = make(algorithm::convolution_direct);  // no Winograd kernel for this shape (3 input channels)
+    }
+  } else {
+    pd = make(algorithm::convolution_direct);
+  }
 
   memory src = relayout(pd.src_desc(), kStaging);
-  memory w = weights_.get(weight, w_dims, tag::oihw, pd.weights_desc(), stream_);
+  memory w = weights_.get(layer.weights, pd.weights_desc(), stream_);
   memory b(pd.bias_desc(), engine_, const_cast<float*>(bias));  // read-only for oneDNN
-  memory dst = next(pd.dst_desc());
+  memory dst = next(pd.dst_desc(), dst_t == dt::u8 ? layer.outScale : 1.f);
+  last_scale_ = layer.outScale;
   push(dnnl::convolution_forward(pd), {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_BIAS, b}, {DNNL_ARG_DST, dst}}, pd);
 }
 
@@ -94,20 +153,24 @@ void Net::maxPool() {
   const memory::desc src_md = cur_.get_desc();
   const memory::dims d = src_md.dims();
   dnnl::pooling_forward::desc desc(prop_kind::forward_inference, algorithm::pooling_max, src_md,
-                                   {{d[0], d[1], d[2] / 2, d[3] / 2}, dt::f32, tag::any},
+                                   {{d[0], d[1], d[2] / 2, d[3] / 2}, src_md.data_type(), tag::any},
                                    {2, 2}, {2, 2}, {0, 0}, {0, 0});
   dnnl::pooling_forward::primitive_desc pd(desc, attr(false), engine_);
   memory src = cur_;
-  memory dst = next(pd.dst_desc());
+  memory dst = next(pd.dst_desc(), cur_scale_);
   push(dnnl::pooling_forward(pd), {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, dst}}, pd);
 }
 
+// oneDNN's LRN has no integer kernel: in int8 it runs in float32.
 void Net::lrn(const FeatureOp& op) {
-  dnnl::lrn_forward::desc desc(prop_kind::forward_inference, algorithm::lrn_across_channels, cur_.get_desc(),
+  memory::desc md = cur_.get_desc();
+  if (md.data_type() == dt::u8) md = memory::desc(md.dims(), dt::f32, tag::nhwc);
+  memory src = relayout(md, kStaging);
+  dnnl::lrn_forward::desc desc(prop_kind::forward_inference, algorithm::lrn_across_channels, md,
                                op.lrnSize, op.alpha, op.beta, op.k);
   dnnl::lrn_forward::primitive_desc pd(desc, attr(false), engine_);
-  memory src = cur_;
-  memory dst = next(pd.dst_desc());
+  memory dst = next(pd.dst_desc(), 1.f);
+  last_scale_ = op.outScale;
   push(dnnl::lrn_forward(pd), {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, dst}}, pd);
 }
 
@@ -117,8 +180,8 @@ void Net::lrn(const FeatureOp& op) {
 void Net::adaptiveAvgPool7() {
   const memory::dims d = cur_.get_desc().dims();
   const memory::dim N = d[0], C = d[1], H = d[2], W = d[3];
-  memory plain = relayout(output_desc(d, tag::nchw), kPlain);
   if (H == kWindow && W == kWindow) return;  // identity at 224x224
+  memory plain = relayout(output_desc(d, tag::nchw), kPlain);
 
   memory pooled = inSlot(output_desc({N, C, kWindow, kWindow}, tag::nchw), kPooled);
   Step step;
@@ -143,20 +206,24 @@ void Net::adaptiveAvgPool7() {
   cur_slot_ = kPooled;
 }
 
-void Net::innerProduct(const FcOp& fc, bool relu) {
-  const memory::desc src_md = cur_.get_desc();
-  const memory::dims src_dims = src_md.dims();
-  // fc6 reads pool5 as [N, C, 7, 7]; its weights are [out, C*49] in CHW order, i.e. OIHW.
-  memory::dims w_dims = src_dims;
-  w_dims[0] = fc.outF;
-  const tag w_tag = w_dims.size() == 4 ? tag::oihw : tag::oi;
-  dnnl::inner_product_forward::desc d(prop_kind::forward_inference, src_md, {w_dims, dt::f32, tag::any},
-                                      {{fc.outF}, dt::f32, tag::x}, {{n_, fc.outF}, dt::f32, tag::nc});
-  dnnl::inner_product_forward::primitive_desc pd(d, attr(relu), engine_);
-  memory w = weights_.get(fc.weight, w_dims, w_tag, pd.weights_desc(), stream_);
-  memory b(pd.bias_desc(), engine_, const_cast<float*>(fc.bias));
-  memory src = cur_;
-  memory dst = next(pd.dst_desc());
+void Net::innerProduct(const Layer& layer) {
+  // Whatever layout pool5 has (fc6) is read as is; the weights follow it.
+  memory::desc src_md = cur_.get_desc();
+  const dt src_t = activationType(false);
+  if (src_md.data_type() != src_t) src_md = memory::desc(src_md.dims(), src_t, src_md.dims().size() == 4 ? tag::nchw : tag::nc);
+  const dt dst_t = layer.floatOut ? dt::f32 : src_t;
+  const float* bias = layer.bias;
+  const dnnl::primitive_attr a = layerAttr(layer, src_t, dst_t, &bias);
+  const memory::dim outF = layer.weights.dims[0];
+  dnnl::inner_product_forward::desc d(prop_kind::forward_inference, src_md,
+                                      {layer.weights.dims, src_t == dt::u8 ? dt::s8 : src_t, tag::any},
+                                      {{outF}, dt::f32, tag::x}, {{n_, outF}, dst_t, tag::nc});
+  dnnl::inner_product_forward::primitive_desc pd(d, a, engine_);
+  memory src = relayout(pd.src_desc(), kStaging);
+  memory w = weights_.get(layer.weights, pd.weights_desc(), stream_);
+  memory b(pd.bias_desc(), engine_, const_cast<float*>(bias));
+  memory dst = next(pd.dst_desc(), dst_t == dt::u8 ? layer.outScale : 1.f);
+  last_scale_ = layer.outScale;
   push(dnnl::inner_product_forward(pd), {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_BIAS, b}, {DNNL_ARG_DST, dst}}, pd);
 }
 
@@ -166,7 +233,7 @@ void Net::meanOverSpace() {
   dnnl::reduction::desc desc(algorithm::reduction_mean, cur_.get_desc(), {{d[0], d[1], 1, 1}, dt::f32, tag::nchw}, 0.f, 0.f);
   dnnl::reduction::primitive_desc pd(desc, attr(false), engine_);
   memory src = cur_;
-  memory dst = next(pd.dst_desc());
+  memory dst = next(pd.dst_desc(), 1.f);
   push(dnnl::reduction(pd), {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, dst}}, pd);
 }
 
@@ -176,7 +243,7 @@ void Net::softmax() {
   dnnl::softmax_forward::desc desc(prop_kind::forward_inference, md, 1);
   dnnl::softmax_forward::primitive_desc pd(desc, attr(false), engine_);
   memory src = inSlot(md, cur_slot_);
-  memory dst = next(md);
+  memory dst = next(md, 1.f);
   push(dnnl::softmax_forward(pd), {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, dst}}, pd);
 }
 
@@ -184,7 +251,7 @@ void Net::softmax() {
 void Net::markBlob() {
   const memory::dims d = cur_.get_desc().dims();
   memory dst(output_desc(d, d.size() == 4 ? tag::nchw : tag::nc), engine_, DNNL_MEMORY_NONE);
-  blobs_.push_back({steps_.size() - 1, cur_, dst, dnnl::reorder(cur_, dst)});
+  blobs_.push_back({steps_.size() - 1, cur_, dst, convert(cur_, dst, 1.f)});
 }
 
 // ---- plumbing ----------------------------------------------------------------
@@ -202,19 +269,30 @@ memory Net::inSlot(const memory::desc& md, int slot) {
 memory Net::relayout(const memory::desc& want, int slot) {
   if (cur_.get_desc() == want) return cur_;
   memory to = inSlot(want, slot);
+  const float to_scale = want.data_type() == dt::u8 ? last_scale_ : 1.f;
   Step step;
-  step.prim = dnnl::reorder(cur_, to);
+  step.prim = convert(cur_, to, to_scale);
   step.args = {{DNNL_ARG_FROM, cur_}, {DNNL_ARG_TO, to}};
   steps_.push_back(std::move(step));
   cur_ = to;
   cur_slot_ = slot;
+  cur_scale_ = to_scale;
   return to;
 }
 
+// A reorder that also changes the data type, rescaling from the current activation's scale
+// to `to_scale` (1 for float types).
+dnnl::reorder Net::convert(const memory& from, const memory& to, float to_scale) const {
+  dnnl::primitive_attr a;
+  if (to_scale != cur_scale_) a.set_output_scales(0, {to_scale / cur_scale_});
+  return dnnl::reorder(dnnl::reorder::primitive_desc(from, to, a));
+}
+
 // Where a step writes: the ping-pong buffer the current activation is not in.
-memory Net::next(const memory::desc& md) {
+memory Net::next(const memory::desc& md, float scale) {
   cur_slot_ = cur_slot_ == kPing ? kPong : kPing;
   cur_ = inSlot(md, cur_slot_);
+  cur_scale_ = scale;
   return cur_;
 }
 

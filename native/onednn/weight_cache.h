@@ -1,27 +1,43 @@
 // Weights reordered once into the layout a primitive chose, shared by every input shape
-// whose primitives chose the same layout.
+// whose primitives chose the same layout. A packed file's weights enter already in their
+// layout, mapped rather than copied; int8 weights are quantized per output channel here.
 #pragma once
 #include <vector>
+#include "../plan.h"
 #include "oneapi/dnnl/dnnl.hpp"
 
 namespace vgg::onednn {
 
+// One layer's weights as the model file holds them: plain float32 (OIHW or OI, as PyTorch
+// stores them), or nothing when a packed file supplied them.
+struct WeightSource {
+  int layer;                  // as PackedWeight::layer
+  const float* plain;         // null for a packed file
+  dnnl::memory::dims dims;
+  dnnl::memory::format_tag tag;
+};
+
 class WeightCache {
  public:
-  explicit WeightCache(const dnnl::engine& engine) : engine_(engine) {}
+  WeightCache(const dnnl::engine& engine, const std::vector<PackedWeight>& packed);
 
-  // `src` holds `dims` in the plain layout `src_tag` (OIHW or OI, as PyTorch stores them).
-  dnnl::memory get(const float* src, const dnnl::memory::dims& dims, dnnl::memory::format_tag src_tag,
-                   const dnnl::memory::desc& want, dnnl::stream& stream);
+  // The layer's weights in the layout `want`; for s8 layouts also their per-output-channel scales.
+  dnnl::memory get(const WeightSource& src, const dnnl::memory::desc& want, dnnl::stream& stream);
+  // int8: 127 / the largest |w| of each output channel, from the plain weights or the packed file.
+  const std::vector<float>& scales(const WeightSource& src);
+
+  // Every layer's weights in each layout a compiled network uses, for vgg pack.
+  std::vector<PackedOut> exportAll() const;
 
  private:
   struct Entry {
-    const float* src;
+    int layer;
     dnnl::memory::desc layout;
     dnnl::memory mem;
   };
   dnnl::engine engine_;
   std::vector<Entry> entries_;
+  std::vector<std::vector<float>> scales_;  // by layer, int8 only
 };
 
 }  // namespace vgg::onednn

@@ -1,0 +1,176 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { Calibration } from './calibration';
+import { VggError } from './errors';
+import { native, type NativePackedWeight, type Precision } from './native';
+import { featureLayers, validateArch, type Arch, type ConvLayer } from './topology';
+import type { Naming } from './weights';
+
+/**
+ * A packed weights file (`vgg pack`): every layer's weights already in the layout this
+ * machine's oneDNN primitives chose, so loading maps them and hands them over without a copy,
+ * and processes that load one file share its pages.
+ *
+ *   bytes 0-7    "VGGPACK1"
+ *   bytes 8-15   header length L, little-endian u64
+ *   16 … 16+L    header: UTF-8 JSON (PackedHeader)
+ *   then         tensors, each at a 64-byte-aligned offset from the start of the file
+ */
+export const PACKED_MAGIC = 'VGGPACK1';
+const ALIGN = 64;
+const MAX_HEADER_BYTES = 16 * 1024 * 1024;
+
+interface PackedTensor {
+  /** `bias` and `scales` are float32; `weights` is one layer's weights in `layout`. */
+  kind: 'weights' | 'bias' | 'scales';
+  /** conv index in network order, then fc6, fc7, fc8. */
+  layer: number;
+  offset: number;
+  bytes: number;
+  /** weights: the oneDNN memory descriptor, base64. */
+  layout?: string;
+}
+
+export interface PackedHeader {
+  format: 'vggnet-packed';
+  version: 1;
+  onednn: string;
+  isa: string;
+  precision: Precision;
+  winograd: boolean;
+  arch: Arch;
+  naming: Naming;
+  /** The [n, h, w, head] the layouts were chosen for. */
+  shapes: [number, number, number, 'fixed' | 'dense'][];
+  calibration?: Calibration;
+  tensors: PackedTensor[];
+}
+
+/** What loadModel needs from a packed file: the header, biases, and the weights for the addon. */
+export interface PackedWeights {
+  header: PackedHeader;
+  biases: Float32Array[];
+  packed: NativePackedWeight[];
+}
+
+export const isPacked = (bytes: Uint8Array) => bytes.length >= 8 && Buffer.from(bytes.buffer, bytes.byteOffset, 8).toString('latin1') === PACKED_MAGIC;
+
+/** Each layer's weight dims as PyTorch stores them (OIHW / OI). */
+function weightDims(arch: Arch): number[][] {
+  const convs = featureLayers(arch).filter((l): l is ConvLayer => l.kind === 'conv');
+  const c = convs[convs.length - 1].outC;
+  return [
+    ...convs.map((l) => [l.outC, l.inC, l.kernel, l.kernel]),
+    [arch.fcHidden, c * 49], [arch.fcHidden, arch.fcHidden], [arch.classes, arch.fcHidden],
+  ];
+}
+
+/**
+ * Validates a mapped packed file: header, version and ISA against this build's oneDNN, every
+ * tensor inside the file and aligned, every layout a weights layout of the right shape and size.
+ */
+export function readPacked(bytes: Uint8Array, source: string): PackedWeights {
+  const bad = (why: string) => new VggError('E_WEIGHTS_FORMAT', `${source}: not a valid packed weights file: ${why}`);
+  if (bytes.length < 16) throw bad(`file is ${bytes.length} bytes, shorter than its 16-byte preamble`);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const headerLen = view.getBigUint64(8, true);
+  if (headerLen < 2n || headerLen > BigInt(Math.min(MAX_HEADER_BYTES, bytes.length - 16))) throw bad(`header length ${headerLen} does not fit in a file of ${bytes.length} bytes`);
+  let h: PackedHeader;
+  try {
+    h = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray(16, 16 + Number(headerLen))));
+  } catch (e) {
+    throw bad(`header is not UTF-8 JSON (${(e as Error).message})`);
+  }
+  if (typeof h !== 'object' || h === null || h.format !== 'vggnet-packed' || h.version !== 1) throw bad('header is not a vggnet-packed version 1 header');
+  const here = native().versions();
+  if (h.onednn !== here.onednn || h.isa !== here.isa) {
+    throw new VggError('E_WEIGHTS_FOREIGN', `${source} was packed by oneDNN ${h.onednn} for ${h.isa}; this machine runs oneDNN ${here.onednn} on ${here.isa}. Pack it again here from the original weights: vgg pack --weights ORIGINAL --out ${path.basename(source)}`);
+  }
+  try {
+    validateArch(h.arch, `${source}: arch`);
+  } catch (e) {
+    throw bad((e as Error).message);
+  }
+  if (!['fp32', 'bf16', 'int8'].includes(h.precision) || typeof h.winograd !== 'boolean') throw bad(`unknown precision ${JSON.stringify(h.precision)}`);
+  if (h.precision === 'int8' && (typeof h.calibration !== 'object' || h.calibration === null)) throw bad('an int8 file without its calibration');
+  if (!Array.isArray(h.tensors)) throw bad('no tensor list');
+
+  const dims = weightDims(h.arch);
+  const biases: Float32Array[] = [];
+  const scales: Float32Array[] = [];
+  const packed: NativePackedWeight[] = [];
+  const dataStart = 16 + Number(headerLen);
+  for (const [i, t] of h.tensors.entries()) {
+    const what = `tensor ${i} (${String(t?.kind)} of layer ${String(t?.layer)})`;
+    if (!['weights', 'bias', 'scales'].includes(t?.kind) || !Number.isSafeInteger(t.layer) || t.layer < 0 || t.layer >= dims.length) throw bad(`${what} is not a known tensor`);
+    if (!Number.isSafeInteger(t.offset) || !Number.isSafeInteger(t.bytes) || t.offset < dataStart || t.offset % ALIGN !== 0 || t.bytes < 1 || t.offset + t.bytes > bytes.length) {
+      throw bad(`${what} lies outside the file or is not ${ALIGN}-byte aligned`);
+    }
+    const data = bytes.subarray(t.offset, t.offset + t.bytes);
+    const outC = dims[t.layer][0];
+    if (t.kind !== 'weights') {
+      if (t.bytes !== 4 * outC) throw bad(`${what} is ${t.bytes} bytes; layer ${t.layer} has ${outC} output channels`);
+      (t.kind === 'bias' ? biases : scales)[t.layer] = new Float32Array(data.buffer, data.byteOffset, outC);
+      continue;
+    }
+    const layout = Buffer.from(String(t.layout), 'base64');
+    let info: { dims: number[]; dataType: string; bytes: number } | null;
+    try {
+      info = native().describeLayout(layout);
+    } catch (e) {
+      throw bad(`${what}: ${(e as Error).message}`);
+    }
+    const want = ({ fp32: 'f32', bf16: 'bf16', int8: 's8' } as Record<string, string>)[h.precision];
+    const count = (d: number[]) => d.reduce((a, b) => a * b, 1);
+    if (!info || info.dataType !== want || info.dims[0] !== outC || count(info.dims) !== count(dims[t.layer]) || info.bytes !== t.bytes) {
+      throw bad(`${what}: its layout does not describe layer ${t.layer}'s ${want} weights of ${JSON.stringify(dims[t.layer])} in ${t.bytes} bytes`);
+    }
+    packed.push({ layer: t.layer, layout: new Uint8Array(layout), data });
+  }
+  for (let layer = 0; layer < dims.length; layer++) {
+    if (!biases[layer]) throw bad(`no bias for layer ${layer}`);
+    if (!packed.some((p) => p.layer === layer)) throw bad(`no weights for layer ${layer}`);
+    if (h.precision === 'int8' && !scales[layer]) throw bad(`no int8 scales for layer ${layer}`);
+  }
+  for (const p of packed) if (scales[p.layer]) p.scales = scales[p.layer];
+  return { header: h, biases, packed };
+}
+
+/** Writes a packed file: header first, each tensor at a 64-byte boundary; temp file then rename. */
+export async function writePacked(file: string, header: Omit<PackedHeader, 'tensors'>,
+  tensors: { kind: PackedTensor['kind']; layer: number; data: Uint8Array; layout?: Uint8Array }[]): Promise<number> {
+  const list: PackedTensor[] = tensors.map((t) => ({ kind: t.kind, layer: t.layer, offset: 0, bytes: t.data.byteLength, ...(t.layout ? { layout: Buffer.from(t.layout).toString('base64') } : {}) }));
+  // Offsets depend on the header's length, which depends on the offsets' digits: settle it.
+  let json = '';
+  for (let guess = 0; ; ) {
+    let at = align(16 + guess);
+    for (const t of list) { t.offset = at; at = align(at + t.bytes); }
+    json = JSON.stringify({ ...header, tensors: list });
+    if (Buffer.byteLength(json) <= guess) break;
+    guess = Buffer.byteLength(json) + 64;
+  }
+  const head = Buffer.alloc(list.length ? list[0].offset : align(16 + Buffer.byteLength(json)));
+  head.write(PACKED_MAGIC, 0, 'latin1');
+  head.writeBigUInt64LE(BigInt(Buffer.byteLength(json)), 8);
+  head.write(json, 16, 'utf8');
+
+  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
+  let fh: fs.promises.FileHandle | undefined;
+  try {
+    fh = await fs.promises.open(tmp, 'w');
+    await fh.write(head, 0, head.length, 0);
+    for (const [i, t] of tensors.entries()) await fh.write(t.data, 0, t.data.byteLength, list[i].offset);
+    await fh.sync();
+    await fh.close();
+    fh = undefined;
+    await fs.promises.rename(tmp, file);
+  } catch (e) {
+    await fh?.close().catch(() => {});
+    await fs.promises.rm(tmp, { force: true });
+    throw new VggError('E_IO', `cannot write ${file}: ${(e as Error).message}`, { cause: e });
+  }
+  const last = list[list.length - 1];
+  return last ? last.offset + last.bytes : head.length;
+}
+
+const align = (n: number) => Math.ceil(n / ALIGN) * ALIGN;
