@@ -58,7 +58,9 @@ export class RangeTracker {
 }
 
 export function writeCalibration(file: string, calibration: Calibration): void {
-  writeAtomic(file, (out) => out.write(`${JSON.stringify(calibration, null, 2)}\n`));
+  // One line for the cfg, one per range: a file people read and diff.
+  const text = JSON.stringify({ ...calibration, cfg: '\0' }, null, 2).replace('"\\u0000"', JSON.stringify(calibration.cfg));
+  writeAtomic(file, (out) => out.write(`${text}\n`));
 }
 
 /**

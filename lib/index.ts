@@ -1,6 +1,11 @@
 export { loadModel, openWeights, Model } from './model';
-export type { LoadOptions, RunOptions, ModelInfo, Outputs } from './model';
+export type { LoadOptions, RunOptions, ModelInfo, ModelWeights, Outputs } from './model';
 export { VggError } from './errors';
+export { calibrate } from './calibrate';
+export type { CalibrateOptions } from './calibrate';
+export type { Calibration } from './calibration';
+export { packWeights } from './pack';
+export type { PackOptions, PackResult } from './pack';
 export { cudaStatus } from './device';
 export type { CudaStatus, Device, Precision } from './device';
 export type { VggErrorCode } from './errors';

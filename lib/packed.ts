@@ -120,7 +120,7 @@ export function readPacked(bytes: Uint8Array, source: string): PackedWeights {
     } catch (e) {
       throw bad(`${what}: ${(e as Error).message}`);
     }
-    const want = ({ fp32: 'f32', bf16: 'bf16', int8: 's8' } as Record<string, string>)[h.precision];
+    const want = weightType(h.precision, t.layer);
     const count = (d: number[]) => d.reduce((a, b) => a * b, 1);
     if (!info || info.dataType !== want || info.dims[0] !== outC || count(info.dims) !== count(dims[t.layer]) || info.bytes !== t.bytes) {
       throw bad(`${what}: its layout does not describe layer ${t.layer}'s ${want} weights of ${JSON.stringify(dims[t.layer])} in ${t.bytes} bytes`);
@@ -130,10 +130,16 @@ export function readPacked(bytes: Uint8Array, source: string): PackedWeights {
   for (let layer = 0; layer < dims.length; layer++) {
     if (!biases[layer]) throw bad(`no bias for layer ${layer}`);
     if (!packed.some((p) => p.layer === layer)) throw bad(`no weights for layer ${layer}`);
-    if (h.precision === 'int8' && !scales[layer]) throw bad(`no int8 scales for layer ${layer}`);
+    if (weightType(h.precision, layer) === 's8' && !scales[layer]) throw bad(`no int8 scales for layer ${layer}`);
   }
   for (const p of packed) if (scales[p.layer]) p.scales = scales[p.layer];
   return { header: h, biases, packed };
+}
+
+/** oneDNN's type for a layer's weights: int8 runs the first conv, which reads the signed image, in float32. */
+function weightType(precision: Precision, layer: number): string {
+  if (precision === 'int8') return layer === 0 ? 'f32' : 's8';
+  return precision === 'bf16' ? 'bf16' : 'f32';
 }
 
 /** Writes a packed file: header first, each tensor at a 64-byte boundary; temp file then rename. */

@@ -2,6 +2,7 @@ import { Command, CommanderError, InvalidArgumentError, Option } from 'commander
 import type { Device, Precision } from '../device';
 import { PRESETS } from '../preprocess';
 import { VggError } from '../errors';
+import { readF32, readSafetensorsFile, type Tensor } from '../safetensors';
 
 /**
  * Prints the one line a failed command leaves on stderr, `vgg: E_CODE: message`, and sets exit
@@ -63,6 +64,8 @@ export interface EngineFlags {
   threads?: number;
   device?: string;
   precision?: string;
+  winograd?: true;
+  calibration?: string;
 }
 
 /** The options of every command that runs the network: where and how. */
@@ -70,15 +73,21 @@ export function engineOptions(command: Command): Command {
   return command
     .option('--threads <n>', 'oneDNN threads (default: all cores)', positiveInt)
     .option('--device <name>', "cpu, cuda or cuda:N (default: cpu)")
-    .option('--precision <p>', 'fp32 (default); on a GPU also bf16 or fp16');
+    .option('--precision <p>', 'fp32 (default); bf16 or int8 on the CPU; bf16 or fp16 on a GPU')
+    .option('--winograd', 'CPU fp32: Winograd convolutions (faster, ~1e-4 relative error)')
+    .option('--calibration <file>', 'int8: activation ranges from vgg calibrate');
 }
 
+type EngineSettings = { threads?: number; device?: Device; precision?: Precision; winograd?: boolean; calibration?: string };
+
 /** loadModel's options from those flags; loadModel checks the values and names the option. */
-export function engineSettings(flags: EngineFlags): { threads?: number; device?: Device; precision?: Precision } {
-  const out: { threads?: number; device?: Device; precision?: Precision } = {};
+export function engineSettings(flags: EngineFlags): EngineSettings {
+  const out: EngineSettings = {};
   if (flags.threads !== undefined) out.threads = flags.threads;
   if (flags.device !== undefined) out.device = flags.device as Device;
   if (flags.precision !== undefined) out.precision = flags.precision as Precision;
+  if (flags.winograd) out.winograd = true;
+  if (flags.calibration !== undefined) out.calibration = flags.calibration;
   return out;
 }
 
@@ -98,4 +107,15 @@ export function preprocessOptions(command: Command): Command {
     .addOption(new Option('--preset <name>', 'the preprocessing the weights were trained with').choices(PRESETS).default('torchvision'))
     .option('--size <n>', 'shorter side after resizing', positiveInt, 256)
     .option('--crop <n|none>', "side of the center crop, or 'none' for the whole resized image", cropSize, 224);
+}
+
+/** The tensor `key` of a .safetensors input file (--input, --key), as float32. */
+export function readInput(file: string, key: string): Tensor {
+  const st = readSafetensorsFile(file);
+  const entry = st.tensors.get(key);
+  if (!entry) {
+    const present = [...st.tensors.keys()];
+    throw new VggError('E_ARG', `${file} has no tensor ${JSON.stringify(key)} (--key); it has ${present.length ? present.join(', ') : 'no tensors'}`);
+  }
+  return { data: readF32(st, entry), shape: entry.shape };
 }

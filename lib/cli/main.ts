@@ -3,12 +3,14 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Command, CommanderError } from 'commander';
 import { reportError } from './common';
+import { registerCalibrate } from './calibrate';
 import { registerClassify } from './classify';
 import { registerConvert } from './convert';
 import { registerExtract } from './extract';
 import { registerFetch } from './fetch';
 import { registerInfo } from './info';
 import { registerJob } from './job';
+import { registerPack } from './pack';
 import { registerRun } from './run';
 import { registerServe } from './serve';
 
@@ -26,6 +28,8 @@ const program = new Command('vgg')
 registerRun(program);
 registerInfo(program);
 registerConvert(program);
+registerCalibrate(program);
+registerPack(program);
 registerFetch(program);
 registerClassify(program);
 registerExtract(program);

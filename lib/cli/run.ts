@@ -1,9 +1,9 @@
 import { Command, Option } from 'commander';
 import { VggError } from '../errors';
 import { loadModel } from '../model';
-import { readF32, readSafetensorsFile, writeSafetensors, type Tensor } from '../safetensors';
+import { writeSafetensors } from '../safetensors';
 import type { Head } from '../topology';
-import { type EngineFlags, commaList, engineOptions, engineSettings } from './common';
+import { type EngineFlags, commaList, engineOptions, engineSettings, readInput } from './common';
 
 interface RunFlags extends EngineFlags {
   weights: string;
@@ -46,14 +46,4 @@ async function run(flags: RunFlags): Promise<void> {
   } finally {
     await model.dispose();
   }
-}
-
-function readInput(file: string, key: string): Tensor {
-  const st = readSafetensorsFile(file);
-  const entry = st.tensors.get(key);
-  if (!entry) {
-    const present = [...st.tensors.keys()];
-    throw new VggError('E_ARG', `${file} has no tensor ${JSON.stringify(key)} (--key); it has ${present.length ? present.join(', ') : 'no tensors'}`);
-  }
-  return { data: readF32(st, entry), shape: entry.shape };
 }

@@ -184,6 +184,9 @@ export interface WorkerOptions {
   device?: Device;
   threads?: number;
   precision?: Precision;
+  /** As loadModel's options: Winograd for fp32 on the CPU, the int8 calibration file. */
+  winograd?: boolean;
+  calibration?: string;
   /** The lease on a shard, renewed while it runs (30000 ms); a dead worker's shard is taken back after it. */
   lockDuration?: number;
   /** How often stalled (lease-expired) shards are looked for (30000 ms). */
@@ -215,6 +218,8 @@ export function runWorker(options: WorkerOptions = {}): JobWorker {
     ...(options.device !== undefined ? { device: options.device } : {}),
     ...(options.threads !== undefined ? { threads: options.threads } : {}),
     ...(options.precision !== undefined ? { precision: options.precision } : {}),
+    ...(options.winograd !== undefined ? { winograd: options.winograd } : {}),
+    ...(options.calibration !== undefined ? { calibration: options.calibration } : {}),
   };
   const delayMs = Number(process.env.VGGNET_JOBS_TEST_DELAY_MS ?? 0); // test hook: slows each batch
 

@@ -125,10 +125,12 @@ void Net::conv(const Layer& layer, int pad, tag dst_tag) {
   const dnnl::primitive_attr a = layerAttr(layer, src_t, dst_t, &bias);
 
   auto make = [&](algorithm alg) {
-    dnnl::convolution_forward::desc d(
-        prop_kind::forward_inference, alg, {src_dims, src_t, tag::any}, {w_dims, w_t, tag::any},
-        {{w_dims[0]}, dt::f32, tag::x}, {{n_, w_dims[0], oh, ow}, dst_t, dst_tag}, {1, 1}, {pad, pad}, {pad, pad});
-    return dnnl::convolution_forward::primitive_desc(d, a, engine_);
+    return withHeldWeights<dnnl::convolution_forward::primitive_desc>(layer.weights.layer, {w_dims, w_t, tag::any}, [&](const memory::desc& w_md) {
+      dnnl::convolution_forward::desc d(
+          prop_kind::forward_inference, alg, {src_dims, src_t, tag::any}, w_md,
+          {{w_dims[0]}, dt::f32, tag::x}, {{n_, w_dims[0], oh, ow}, dst_t, dst_tag}, {1, 1}, {pad, pad}, {pad, pad});
+      return dnnl::convolution_forward::primitive_desc(d, a, engine_);
+    });
   };
   dnnl::convolution_forward::primitive_desc pd;
   if (winograd_ && kernel == 3 && src_t == dt::f32) {
@@ -215,10 +217,11 @@ void Net::innerProduct(const Layer& layer) {
   const float* bias = layer.bias;
   const dnnl::primitive_attr a = layerAttr(layer, src_t, dst_t, &bias);
   const memory::dim outF = layer.weights.dims[0];
-  dnnl::inner_product_forward::desc d(prop_kind::forward_inference, src_md,
-                                      {layer.weights.dims, src_t == dt::u8 ? dt::s8 : src_t, tag::any},
-                                      {{outF}, dt::f32, tag::x}, {{n_, outF}, dst_t, tag::nc});
-  dnnl::inner_product_forward::primitive_desc pd(d, a, engine_);
+  const memory::desc any_w(layer.weights.dims, src_t == dt::u8 ? dt::s8 : src_t, tag::any);
+  auto pd = withHeldWeights<dnnl::inner_product_forward::primitive_desc>(layer.weights.layer, any_w, [&](const memory::desc& w_md) {
+    dnnl::inner_product_forward::desc d(prop_kind::forward_inference, src_md, w_md, {{outF}, dt::f32, tag::x}, {{n_, outF}, dst_t, tag::nc});
+    return dnnl::inner_product_forward::primitive_desc(d, a, engine_);
+  });
   memory src = relayout(pd.src_desc(), kStaging);
   memory w = weights_.get(layer.weights, pd.weights_desc(), stream_);
   memory b(pd.bias_desc(), engine_, const_cast<float*>(bias));
@@ -255,6 +258,21 @@ void Net::markBlob() {
 }
 
 // ---- plumbing ----------------------------------------------------------------
+
+// Weights already held in a layout (another input shape's, or a packed file's) are used as they
+// are when an optimized implementation accepts them: one copy per layer, in memory and on disk.
+template <typename Pd, typename Make>
+Pd Net::withHeldWeights(int layer, const memory::desc& any, Make make) {
+  for (const memory::desc& held : weights_.layouts(layer)) {
+    try {
+      Pd pd = make(held);
+      if (std::string(pd.impl_info_str()).find("ref") == std::string::npos) return pd;
+    } catch (const dnnl::error&) {
+      // this implementation wants its own layout
+    }
+  }
+  return make(any);
+}
 
 memory::desc Net::output_desc(const memory::dims& dims, tag t) const { return {dims, dt::f32, t}; }
 

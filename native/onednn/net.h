@@ -60,6 +60,8 @@ class Net {
   dnnl::memory::data_type activationType(bool first) const;
   dnnl::primitive_attr layerAttr(const Layer& layer, dnnl::memory::data_type src_t, dnnl::memory::data_type dst_t,
                                  const float** bias);
+  template <typename Pd, typename Make>
+  Pd withHeldWeights(int layer, const dnnl::memory::desc& any, Make make);
   dnnl::memory inSlot(const dnnl::memory::desc& md, int slot);
   dnnl::memory relayout(const dnnl::memory::desc& want, int slot);
   dnnl::reorder convert(const dnnl::memory& from, const dnnl::memory& to, float to_scale) const;

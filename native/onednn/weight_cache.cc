@@ -68,7 +68,16 @@ memory WeightCache::get(const WeightSource& src, const memory::desc& want, dnnl:
     source = memory({src.dims, memory::data_type::f32, src.tag}, engine_, const_cast<float*>(src.plain));
     if (quantize) attr.set_output_scales(1 << 0, scales(src));
   } else if (from) {
-    source = from->mem;  // a packed layout this shape's primitive did not choose: repack it
+    // A packed layout this shape's primitive did not choose: convert it. The dense head reads
+    // fc7 and fc8 as 1x1 convolutions, whose weights are the fc ones with two dims of 1 added.
+    source = from->mem;
+    if (from->layout.dims().size() != src.dims.size()) {
+      try {
+        source = memory(from->layout.reshape(src.dims), engine_, from->mem.get_data_handle());
+      } catch (const dnnl::error&) {
+        // not reshapable: the reorder below reports it
+      }
+    }
   } else {
     throw std::runtime_error("the packed file has no weights for layer " + std::to_string(src.layer));
   }
@@ -84,6 +93,12 @@ memory WeightCache::get(const WeightSource& src, const memory::desc& want, dnnl:
   stream.wait();
   entries_.push_back({src.layer, want, packed});
   return packed;
+}
+
+std::vector<memory::desc> WeightCache::layouts(int layer) const {
+  std::vector<memory::desc> out;
+  for (const Entry& e : entries_) if (e.layer == layer) out.push_back(e.layout);
+  return out;
 }
 
 std::vector<PackedOut> WeightCache::exportAll() const {

@@ -26,6 +26,9 @@ class WeightCache {
   // int8: 127 / the largest |w| of each output channel, from the plain weights or the packed file.
   const std::vector<float>& scales(const WeightSource& src);
 
+  // The layouts this layer's weights are held in already.
+  std::vector<dnnl::memory::desc> layouts(int layer) const;
+
   // Every layer's weights in each layout a compiled network uses, for vgg pack.
   std::vector<PackedOut> exportAll() const;
 
