@@ -31,6 +31,14 @@ std::shared_ptr<Mapping> findMapping(const void* p) {
   return nullptr;
 }
 
+void releaseMappedPages(const void* p, size_t bytes) {
+  if (!findMapping(p)) return;  // JS-heap memory (widened or folded weights) must not be touched
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + page - 1) / page * page;
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + bytes) / page * page;
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
 Napi::Value MapFile(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const std::string path = info[0].As<Napi::String>();

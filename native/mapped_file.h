@@ -19,4 +19,8 @@ struct Mapping {
 };
 // The mapping that contains p, or null.
 std::shared_ptr<Mapping> findMapping(const void* p);
+// Drops this process's copy of the whole pages of [p, p + bytes) when they lie in a mapFile()
+// mapping, after the weights there were converted into another layout: they are clean file
+// pages, so a later read faults them back from the page cache unchanged. Elsewhere, nothing.
+void releaseMappedPages(const void* p, size_t bytes);
 }

@@ -16,7 +16,7 @@ describe('cuda: choosing the device', () => {
       assert.rejects(loadModel(d, options), (e: VggError) => e.code === 'E_ARG' && pattern.test(e.message));
     await bad({ device: 'gpu' }, /options\.device/);
     await bad({ device: 'cuda:x' }, /options\.device/);
-    await bad({ device: 'cpu', precision: 'bf16' }, /options\.precision.*CPU/);
+    await bad({ device: 'cpu', precision: 'fp16' }, /options\.precision.*CPU/);
     await bad({ device: 'cuda', precision: 'int8' }, /options\.precision.*GPU/);
   });
 

@@ -1,5 +1,7 @@
 #include "weight_cache.h"
 
+#include "../mapped_file.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -61,6 +63,11 @@ memory WeightCache::get(const WeightSource& src, const memory::desc& want, dnnl:
     from = &e;
   }
   const bool quantize = want.data_type() == memory::data_type::s8;
+  if (src.plain && want == memory::desc(src.dims, memory::data_type::f32, src.tag)) {
+    // The primitive reads the weights as the file stores them (fc layers in gemm): no copy.
+    entries_.push_back({src.layer, want, memory(want, engine_, const_cast<float*>(src.plain))});
+    return entries_.back().mem;
+  }
   memory source;
   dnnl::primitive_attr attr;
   if (src.plain) {
@@ -91,8 +98,14 @@ memory WeightCache::get(const WeightSource& src, const memory::desc& want, dnnl:
                              "its layout; pack the file for this batch size and input size (vgg pack --batch, --size)");
   }
   stream.wait();
+  if (src.plain && !heldInPlace(src)) releaseMappedPages(src.plain, source.get_desc().get_size());
   entries_.push_back({src.layer, want, packed});
   return packed;
+}
+
+bool WeightCache::heldInPlace(const WeightSource& src) const {
+  for (const Entry& e : entries_) if (e.layer == src.layer && e.mem.get_data_handle() == src.plain) return true;
+  return false;
 }
 
 std::vector<memory::desc> WeightCache::layouts(int layer) const {

@@ -38,6 +38,8 @@ class WeightCache {
     dnnl::memory::desc layout;
     dnnl::memory mem;
   };
+  bool heldInPlace(const WeightSource& src) const;
+
   dnnl::engine engine_;
   std::vector<Entry> entries_;
   std::vector<std::vector<float>> scales_;  // by layer, int8 only
