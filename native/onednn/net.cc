@@ -338,8 +338,7 @@ void Net::allocate() {
     offset[s] = total;
     total += (slot_bytes_[s] + kAlign - 1) / kAlign * kAlign;
   }
-  arena_.reset(static_cast<char*>(std::aligned_alloc(kAlign, std::max(total, kAlign))));
-  if (!arena_) throw std::bad_alloc();
+  arena_ = allocateHuge(total);
   for (auto& [mem, slot] : slot_users_) mem.set_data_handle(arena_.get() + offset[slot]);
 }
 

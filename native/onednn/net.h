@@ -11,6 +11,7 @@
 #include <vector>
 #include "../plan.h"
 #include "oneapi/dnnl/dnnl.hpp"
+#include "huge_pages.h"
 #include "weight_cache.h"
 
 namespace vgg::onednn {
@@ -89,7 +90,7 @@ class Net {
   std::vector<Blob> blobs_;
   std::vector<std::pair<dnnl::memory, int>> slot_users_;
   size_t slot_bytes_[kSlots] = {};
-  std::unique_ptr<char, void (*)(void*)> arena_{nullptr, std::free};
+  HugeBuffer arena_{nullptr, std::free};
 };
 
 }  // namespace vgg::onednn

@@ -63,11 +63,6 @@ memory WeightCache::get(const WeightSource& src, const memory::desc& want, dnnl:
     from = &e;
   }
   const bool quantize = want.data_type() == memory::data_type::s8;
-  if (src.plain && want == memory::desc(src.dims, memory::data_type::f32, src.tag)) {
-    // The primitive reads the weights as the file stores them (fc layers in gemm): no copy.
-    entries_.push_back({src.layer, want, memory(want, engine_, const_cast<float*>(src.plain))});
-    return entries_.back().mem;
-  }
   memory source;
   dnnl::primitive_attr attr;
   if (src.plain) {
@@ -88,7 +83,7 @@ memory WeightCache::get(const WeightSource& src, const memory::desc& want, dnnl:
   } else {
     throw std::runtime_error("the packed file has no weights for layer " + std::to_string(src.layer));
   }
-  memory packed(want, engine_);
+  memory packed = allocate(want);
   try {
     dnnl::reorder(dnnl::reorder::primitive_desc(source, packed, attr)).execute(stream, source, packed);
   } catch (const dnnl::error&) {
@@ -98,14 +93,14 @@ memory WeightCache::get(const WeightSource& src, const memory::desc& want, dnnl:
                              "its layout; pack the file for this batch size and input size (vgg pack --batch, --size)");
   }
   stream.wait();
-  if (src.plain && !heldInPlace(src)) releaseMappedPages(src.plain, source.get_desc().get_size());
+  if (src.plain) releaseMappedPages(src.plain, source.get_desc().get_size());
   entries_.push_back({src.layer, want, packed});
   return packed;
 }
 
-bool WeightCache::heldInPlace(const WeightSource& src) const {
-  for (const Entry& e : entries_) if (e.layer == src.layer && e.mem.get_data_handle() == src.plain) return true;
-  return false;
+memory WeightCache::allocate(const memory::desc& md) {
+  owned_.push_back(allocateHuge(md.get_size()));
+  return memory(md, engine_, owned_.back().get());
 }
 
 std::vector<memory::desc> WeightCache::layouts(int layer) const {

@@ -2,8 +2,10 @@
 // whose primitives chose the same layout. A packed file's weights enter already in their
 // layout, mapped rather than copied; int8 weights are quantized per output channel here.
 #pragma once
+#include <memory>
 #include <vector>
 #include "../plan.h"
+#include "huge_pages.h"
 #include "oneapi/dnnl/dnnl.hpp"
 
 namespace vgg::onednn {
@@ -38,11 +40,12 @@ class WeightCache {
     dnnl::memory::desc layout;
     dnnl::memory mem;
   };
-  bool heldInPlace(const WeightSource& src) const;
+  dnnl::memory allocate(const dnnl::memory::desc& md);
 
   dnnl::engine engine_;
   std::vector<Entry> entries_;
   std::vector<std::vector<float>> scales_;  // by layer, int8 only
+  std::vector<HugeBuffer> owned_;  // converted weights' memory
 };
 
 }  // namespace vgg::onednn
