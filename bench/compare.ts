@@ -150,6 +150,30 @@ async function main(): Promise<void> {
   const one = await sharedPss(packed, 1);
   const four = await sharedPss(packed, 4);
   console.log(`\n4 processes on one packed fp32 file, batch 1: sum of PSS ${four.toFixed(0)} MB, one process ${one.toFixed(0)} MB: ${x(four / one)}`);
+
+  // The issue's targets, each a ratio to onnxruntime-node in this run (or of PSS sums).
+  const at = (name: string, precision: string) => med[setups.findIndex((s) => s.name === name && s.precision === precision)];
+  const ratio = (m: typeof peer, key: 'imagesPerSecond' | 'latencyMs' | 'loadMs' | 'peakRssMb') => m[key] / peer[key];
+  const targets: [string, number, '>=' | '<=', number][] = [
+    ['batch 8 images/s, fp32', ratio(at('vggnet', 'fp32'), 'imagesPerSecond'), '>=', 1.0],
+    ['batch 8 images/s, fp32 Winograd', ratio(at('vggnet', 'fp32 Winograd'), 'imagesPerSecond'), '>=', 1.6],
+    ['batch 8 images/s, bf16', ratio(at('vggnet', 'bf16'), 'imagesPerSecond'), '>=', 5],
+    ['batch 8 images/s, int8', ratio(at('vggnet', 'int8'), 'imagesPerSecond'), '>=', 8],
+    ['batch 1 latency, fp32', ratio(at('vggnet', 'fp32'), 'latencyMs'), '<=', 1.0],
+    ['batch 1 latency, bf16', ratio(at('vggnet', 'bf16'), 'latencyMs'), '<=', 0.4],
+    ['batch 1 latency, int8', ratio(at('vggnet', 'int8'), 'latencyMs'), '<=', 0.25],
+    ['load to first result, fp32', ratio(at('vggnet', 'fp32'), 'loadMs'), '<=', 0.3],
+    ['load to first result, packed fp32', ratio(at('vggnet, packed file', 'fp32'), 'loadMs'), '<=', 0.05],
+    ['load to first result, packed int8', ratio(at('vggnet, packed file', 'int8'), 'loadMs'), '<=', 0.05],
+    ['peak RSS at batch 1, fp32', ratio(at('vggnet', 'fp32'), 'peakRssMb'), '<=', 0.7],
+    ['peak RSS at batch 1, bf16', ratio(at('vggnet', 'bf16'), 'peakRssMb'), '<=', 0.4],
+    ['PSS of 4 processes on one packed file / one process', four / one, '<=', 1.5],
+  ];
+  console.log('\n| target | measured | goal | |\n|---|---|---|---|');
+  for (const [what, value, op, goal] of targets) {
+    const met = op === '>=' ? value >= goal : value <= goal;
+    console.log(`| ${what} | ${x(value)} | ${op} ${goal}x | ${met ? 'met' : '**missed**'} |`);
+  }
 }
 
 main().catch((e) => {
