@@ -105,10 +105,21 @@ export async function loadModel(file: string, options?: LoadOptions): Promise<Mo
   } else if (opts.calibration !== undefined) {
     throw new VggError('E_ARG', `options.calibration is for int8, not ${precision}`);
   }
+  if (precision === 'bf16' && cudaDevice < 0) warnIfBf16Emulated();
   const libraryDirs = cudaDevice >= 0 ? await cudaLibraryDirs() : [];
   const model = new Model(weights, { head, threads, device, precision, winograd, calibration, cudaDevice, libraryDirs });
   await model.started();
   return model;
+}
+
+let bf16Warned = false;
+
+/** bf16 is a speed choice; where the CPU has no bf16 arithmetic, oneDNN emulates it, slower than fp32. */
+function warnIfBf16Emulated(): void {
+  const isa = native().versions().isa ?? '';
+  if (bf16Warned || /bf16|amx/.test(isa)) return;
+  bf16Warned = true;
+  process.emitWarning(`this CPU (oneDNN ISA ${isa}) has no bf16 arithmetic (avx512_bf16 or AMX): oneDNN emulates it, and bf16 runs slower than fp32 here`, { code: 'VGGNET_BF16_EMULATED' });
 }
 
 /**

@@ -7,8 +7,11 @@ import { calibrate } from '../lib/calibrate';
 import { loadCalibration, writeCalibration, type Calibration } from '../lib/calibration';
 import { VggError } from '../lib/errors';
 import { loadModel } from '../lib/model';
-import type { Tensor } from '../lib/safetensors';
-import { FIXTURES, fixture, randomInput, readTensors, relError, tmpDir } from './helpers';
+import { native } from '../lib/native';
+import { writeSafetensors, type Tensor } from '../lib/safetensors';
+import { featureLayers, type CfgItem } from '../lib/topology';
+import { archMetadata } from '../lib/weights';
+import { FIXTURES, fixture, prng, randomInput, readTensors, relError, tmpDir } from './helpers';
 
 const manifest = JSON.parse(fs.readFileSync(path.join(FIXTURES, 'manifest.json'), 'utf8')) as { cases: Record<string, unknown> };
 const CASES = Object.keys(manifest.cases);
@@ -44,6 +47,9 @@ describe('CPU precisions', function () {
   });
 
   it('bf16 stays within 3e-2 on fc8 and hands back float32 blobs', async () => {
+    const warnings: string[] = [];
+    const onWarning = (w: Error & { code?: string }) => { if (w.code === 'VGGNET_BF16_EMULATED') warnings.push(w.message); };
+    process.on('warning', onWarning);
     for (const c of CASES) {
       const expected = readTensors(fixture(`${c}.io.safetensors`));
       const model = await loadModel(weightsOf(c), { precision: 'bf16', threads: 2 });
@@ -56,6 +62,13 @@ describe('CPU precisions', function () {
       assert.ok(relError(dense.fc8.data, expected['256x320.dense.fc8'].data) <= 3e-2, `${c}: bf16 dense fc8`);
       await model.dispose();
     }
+    await new Promise((resolve) => setImmediate(resolve));  // warnings are emitted on the next tick
+    process.off('warning', onWarning);
+    // Where the CPU lacks bf16 arithmetic the user is told once per process that it is emulated.
+    const hardware = /bf16|amx/.test(native().versions().isa ?? '');
+    assert.ok(warnings.length <= 1, warnings.join('\n'));
+    if (hardware) assert.equal(warnings.length, 0);
+    else if (warnings.length) assert.match(warnings[0], /no bf16 arithmetic .* slower than fp32/);
   });
 
   describe('int8', () => {
@@ -143,5 +156,78 @@ describe('CPU precisions', function () {
       await rejects(calibrate(weightsOf('D'), randomInput(1, 32, 32), { batchSize: 0 }), 'E_ARG', /options\.batchSize/);
       await rejects(calibrate(path.join(dir, 'none.safetensors'), randomInput(1, 32, 32)), 'E_IO', /none\.safetensors/);
     });
+  });
+});
+
+// fc layers past 64 MB are converted a slice of output channels at a time (to bound peak memory);
+// the fixtures' fc layers are far smaller, so this network is made here: 4096-wide fc layers
+// (fc7 is 67 MB) behind a small feature extractor, checked against fc7 computed in JavaScript.
+describe('large fc layers', function () {
+  this.timeout(120000);
+  let file: string;
+  let W7: Float32Array, b7: Float32Array;
+  const hidden = 4096;
+  before(() => {
+    const arch = { arch: 'custom', batchNorm: false, cfg: [8, 'M', 8, 'M', 8, 'M', 8, 'M', 8, 'M'] as CfgItem[], fcHidden: hidden, classes: 10 };
+    const rand = prng(5);
+    const t = (shape: number[], scale: number): Tensor => {
+      const data = new Float32Array(shape.reduce((a, b) => a * b, 1));
+      for (let i = 0; i < data.length; i++) data[i] = (rand() * 2 - 1) * scale;
+      return { data, shape };
+    };
+    const tensors: Record<string, Tensor> = {};
+    for (const l of featureLayers(arch)) {
+      if (l.kind !== 'conv') continue;
+      tensors[`features.${l.feature}.weight`] = t([l.outC, l.inC, 3, 3], 0.5);
+      tensors[`features.${l.feature}.bias`] = t([l.outC], 0.1);
+    }
+    const fc = [[hidden, 8 * 49], [hidden, hidden], [10, hidden]];
+    fc.forEach(([o, i], k) => {
+      tensors[`classifier.${3 * k}.weight`] = t([o, i], 1 / Math.sqrt(i));
+      tensors[`classifier.${3 * k}.bias`] = t([o], 0.1);
+    });
+    W7 = tensors['classifier.3.weight'].data;
+    b7 = tensors['classifier.3.bias'].data;
+    file = path.join(tmpDir(), 'wide-fc.safetensors');
+    writeSafetensors(file, tensors, archMetadata(arch, 'torchvision'));
+  });
+
+  const fc7Of = (fc6: Float32Array, n: number) => {
+    const out = new Float32Array(n * hidden);
+    for (let s = 0; s < n; s++) {
+      for (let o = 0; o < hidden; o++) {
+        let acc = b7[o];
+        for (let i = 0; i < hidden; i++) acc += W7[o * hidden + i] * fc6[s * hidden + i];
+        out[s * hidden + o] = Math.max(acc, 0);
+      }
+    }
+    return out;
+  };
+
+  for (const [precision, tolerance] of [['fp32', 1e-4], ['bf16', 3e-2]] as const) {
+    it(`${precision}: fc7 is right whichever batch size chose the layout`, async () => {
+      for (const order of [[8, 1], [1, 8]]) {
+        const model = await loadModel(file, { precision, threads: 2 });
+        for (const n of order) {
+          const out = await model.run(randomInput(n, 224, 224, n), { outputs: ['fc6', 'fc7'] });
+          const err = relError(out.fc7.data, fc7Of(out.fc6.data, n));
+          assert.ok(err <= tolerance, `${precision}, batches ${order}, batch ${n}: fc7 relative error ${err}`);
+        }
+        await model.dispose();
+      }
+    });
+  }
+
+  it('int8: fc7 stays at cosine >= 0.99 of its float32 value', async () => {
+    const calibration = await calibrate(file, randomInput(2, 224, 224, 3), { threads: 2 });
+    const fp32 = await loadModel(file, { threads: 2 });
+    const int8 = await loadModel(file, { precision: 'int8', calibration, threads: 2 });
+    for (const n of [8, 1]) {
+      const x = randomInput(n, 224, 224, 40 + n);
+      const [a, b] = [await fp32.run(x, { outputs: ['fc7'] }), await int8.run(x, { outputs: ['fc7'] })];
+      assert.ok(cosine(b.fc7.data, a.fc7.data) >= 0.99, `batch ${n}: cosine ${cosine(b.fc7.data, a.fc7.data)}`);
+    }
+    await fp32.dispose();
+    await int8.dispose();
   });
 });

@@ -18,16 +18,19 @@ memory::desc descFromBytes(const std::string& bytes) {
   return memory::desc(c);
 }
 
-// 127 / the largest |w| of each output channel (dimension 0 of OIHW or OI).
+// 127 / the largest |w| of each output channel (dimension 0 of OIHW or OI). The file's pages
+// are released as they are read, as convertInSlices does, so a large layer is never all resident.
 std::vector<float> channelScales(const float* w, const memory::dims& dims) {
   const size_t outC = dims[0];
   size_t per = 1;
   for (size_t i = 1; i < dims.size(); i++) per *= dims[i];
+  const size_t rowsPerSlice = std::max<size_t>(1, (32 << 20) / (per * sizeof(float)));
   std::vector<float> scales(outC);
   for (size_t o = 0; o < outC; o++) {
     float m = 0;
     for (size_t i = 0; i < per; i++) m = std::max(m, std::fabs(w[o * per + i]));
     scales[o] = m > 0 ? 127.f / m : 1.f;
+    if ((o + 1) % rowsPerSlice == 0) releaseMappedPages(w + (o + 1 - rowsPerSlice) * per, rowsPerSlice * per * sizeof(float));
   }
   return scales;
 }
@@ -84,6 +87,10 @@ memory WeightCache::get(const WeightSource& src, const memory::desc& want, dnnl:
     throw std::runtime_error("the packed file has no weights for layer " + std::to_string(src.layer));
   }
   memory packed = allocate(want);
+  if (src.plain && convertInSlices(src, source, packed, stream)) {
+    entries_.push_back({src.layer, want, packed});
+    return packed;
+  }
   try {
     dnnl::reorder(dnnl::reorder::primitive_desc(source, packed, attr)).execute(stream, source, packed);
   } catch (const dnnl::error&) {
@@ -96,6 +103,48 @@ memory WeightCache::get(const WeightSource& src, const memory::desc& want, dnnl:
   if (src.plain) releaseMappedPages(src.plain, source.get_desc().get_size());
   entries_.push_back({src.layer, want, packed});
   return packed;
+}
+
+// A large layer (fc6 is 411 MB in fp32) is converted a slice of output channels at a time, and
+// each slice's file pages are released as soon as it is done: the process never holds both
+// whole copies, which would set its peak memory. False when oneDNN cannot slice this layout.
+bool WeightCache::convertInSlices(const WeightSource& src, const memory& source, const memory& to, dnnl::stream& stream) {
+  constexpr size_t kSliceBytes = 32 << 20;
+  const size_t bytes = source.get_desc().get_size();
+  if (bytes < 2 * kSliceBytes) return false;
+  const memory::dim outC = src.dims[0];
+  const memory::dim rowBytes = static_cast<memory::dim>(bytes) / outC;
+  const memory::dim step = std::max<memory::dim>(64, kSliceBytes / rowBytes / 64 * 64);  // whole blocks of 64
+  const bool quantize = to.get_desc().data_type() == memory::data_type::s8;
+  try {
+    // The padding of a blocked layout must hold zeros, which slices do not write.
+    std::memset(to.get_data_handle(), 0, to.get_desc().get_size());
+    std::vector<std::pair<dnnl::reorder, std::pair<memory, memory>>> slices;
+    for (memory::dim o = 0; o < outC; o += step) {
+      memory::dims dims = src.dims, offsets(src.dims.size(), 0);
+      dims[0] = std::min(step, outC - o);
+      offsets[0] = o;
+      memory from(source.get_desc().submemory_desc(dims, offsets), engine_, source.get_data_handle());
+      memory into(to.get_desc().submemory_desc(dims, offsets), engine_, to.get_data_handle());
+      dnnl::primitive_attr attr;
+      if (quantize) {
+        const std::vector<float>& all = scales(src);
+        attr.set_output_scales(1 << 0, std::vector<float>(all.begin() + o, all.begin() + o + dims[0]));
+      }
+      slices.push_back({dnnl::reorder(dnnl::reorder::primitive_desc(from, into, attr)), {from, into}});
+    }
+    // Every slice's primitive exists before any runs, so a refusal leaves nothing half done.
+    memory::dim o = 0;
+    for (auto& [reorder, mems] : slices) {
+      reorder.execute(stream, mems.first, mems.second);
+      stream.wait();
+      releaseMappedPages(src.plain + o * (rowBytes / sizeof(float)), std::min(step, outC - o) * rowBytes);
+      o += step;
+    }
+    return true;
+  } catch (const dnnl::error&) {
+    return false;
+  }
 }
 
 memory WeightCache::allocate(const memory::desc& md) {

@@ -41,6 +41,7 @@ class WeightCache {
     dnnl::memory mem;
   };
   dnnl::memory allocate(const dnnl::memory::desc& md);
+  bool convertInSlices(const WeightSource& src, const dnnl::memory& source, const dnnl::memory& to, dnnl::stream& stream);
 
   dnnl::engine engine_;
   std::vector<Entry> entries_;
