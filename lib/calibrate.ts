@@ -34,12 +34,12 @@ export async function calibrate(weights: string, samples: Tensor | ExtractSource
     const measured = (n: number) => opts.onProgress?.((images += n));
     if (isTensor(samples)) {
       for (const batch of split(samples, batchSize)) {
-        tracker.add(await model.run(batch, { outputs }));
+        await tracker.add(await model.run(batch, { outputs }));
         measured(batch.shape[0]);
       }
     } else {
       for await (const record of model.extract(samples, { outputs, batchSize, onError: 'throw', ...(opts.preprocess ? { preprocess: opts.preprocess } : {}) })) {
-        tracker.add(record.outputs!);
+        await tracker.add(record.outputs!);
         measured(1);
       }
     }

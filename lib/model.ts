@@ -193,10 +193,17 @@ export class Model {
    * Every layer's weights in the layouts this machine's primitives choose for these input
    * shapes ([n, h, w, head]): what `vgg pack` writes.
    */
-  packLayouts(shapes: [number, number, number, Head][]): ReturnType<NativeExecutor['pack']> {
+  async packLayouts(shapes: [number, number, number, Head][]): ReturnType<NativeExecutor['pack']> {
     if (this.#disposed) throw new VggError('E_DISPOSED', 'this model was disposed; load it again to pack it');
-    for (const [n, h, w, head] of shapes) inferShapes(this.#arch, n, h, w, head);
-    return this.#executor.pack(shapes.map(([n, h, w, head]) => [n, h, w, head === 'dense']));
+    for (const [n, h, w, head] of shapes) {
+      if (n > 1024 || h > 4096 || w > 4096) throw new VggError('E_SHAPE', `cannot pack for [${n}, 3, ${h}, ${w}]: batches up to 1024 and sides up to 4096 pixels`);
+      inferShapes(this.#arch, n, h, w, head);
+    }
+    try {
+      return await this.#executor.pack(shapes.map(([n, h, w, head]) => [n, h, w, head === 'dense']));
+    } catch (e) {
+      throw new VggError('E_BACKEND', `packing failed: ${(e as Error).message}`, { cause: e });
+    }
   }
 
   /** Resolves once the backend runs (a GPU one has its context and weights); else disposes. */

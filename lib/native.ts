@@ -60,7 +60,7 @@ interface Addon {
   };
   Executor: new (plan: NativePlan) => NativeExecutor;
   /** What a oneDNN memory descriptor's bytes describe; throws if they are not one (null without oneDNN). */
-  describeLayout(layout: Uint8Array): { dims: number[]; dataType: string; bytes: number } | null;
+  describeLayout(layout: Uint8Array): { dims: number[]; dataType: string; kind: 'blocked' | 'wino'; bytes: number } | null;
 }
 
 let addon: Addon | undefined;

@@ -55,14 +55,28 @@ export interface PackedWeights {
 
 export const isPacked = (bytes: Uint8Array) => bytes.length >= 8 && Buffer.from(bytes.buffer, bytes.byteOffset, 8).toString('latin1') === PACKED_MAGIC;
 
-/** Each layer's weight dims as PyTorch stores them (OIHW / OI). */
-function weightDims(arch: Arch): number[][] {
+/**
+ * The dims each layer's weights may have in a primitive: OIHW for the convs and fc6 (a 7x7
+ * window of pool5, either head); fc7 and fc8 as OI (fixed head) or OI11 (dense head's 1x1 convs).
+ */
+function weightDims(arch: Arch): number[][][] {
   const convs = featureLayers(arch).filter((l): l is ConvLayer => l.kind === 'conv');
   const c = convs[convs.length - 1].outC;
+  const fc = (o: number, i: number) => [[o, i], [o, i, 1, 1]];
   return [
-    ...convs.map((l) => [l.outC, l.inC, l.kernel, l.kernel]),
-    [arch.fcHidden, c * 49], [arch.fcHidden, arch.fcHidden], [arch.classes, arch.fcHidden],
+    ...convs.map((l) => [[l.outC, l.inC, l.kernel, l.kernel]]),
+    [[arch.fcHidden, c, 7, 7]], fc(arch.fcHidden, arch.fcHidden), fc(arch.classes, arch.fcHidden),
   ];
+}
+
+const sameDims = (a: number[], b: number[]) => a.length === b.length && a.every((v, i) => v === b[i]);
+
+/** The header fields loadModel and vgg info read besides the tensors. */
+function checkHeaderFields(h: PackedHeader): string | undefined {
+  if (h.naming !== 'torchvision' && h.naming !== 'timm') return `naming ${JSON.stringify(h.naming)}`;
+  const shapeOk = (s: unknown) => Array.isArray(s) && s.length === 4 && s.slice(0, 3).every((v) => Number.isSafeInteger(v) && v > 0) && (s[3] === 'fixed' || s[3] === 'dense');
+  if (!Array.isArray(h.shapes) || !h.shapes.every(shapeOk)) return 'shapes';
+  return undefined;
 }
 
 /**
@@ -94,6 +108,8 @@ export function readPacked(bytes: Uint8Array, source: string): PackedWeights {
   if (!['fp32', 'bf16', 'int8'].includes(h.precision) || typeof h.winograd !== 'boolean') throw bad(`unknown precision ${JSON.stringify(h.precision)}`);
   if (h.precision === 'int8' && (typeof h.calibration !== 'object' || h.calibration === null)) throw bad('an int8 file without its calibration');
   if (!Array.isArray(h.tensors)) throw bad('no tensor list');
+  const field = checkHeaderFields(h);
+  if (field) throw bad(`a header with bad ${field}`);
 
   const dims = weightDims(h.arch);
   const biases: Float32Array[] = [];
@@ -107,23 +123,25 @@ export function readPacked(bytes: Uint8Array, source: string): PackedWeights {
       throw bad(`${what} lies outside the file or is not ${ALIGN}-byte aligned`);
     }
     const data = bytes.subarray(t.offset, t.offset + t.bytes);
-    const outC = dims[t.layer][0];
+    const outC = dims[t.layer][0][0];
     if (t.kind !== 'weights') {
       if (t.bytes !== 4 * outC) throw bad(`${what} is ${t.bytes} bytes; layer ${t.layer} has ${outC} output channels`);
-      (t.kind === 'bias' ? biases : scales)[t.layer] = new Float32Array(data.buffer, data.byteOffset, outC);
+      const values = new Float32Array(data.buffer, data.byteOffset, outC);
+      // int8 weight scales divide the accumulator: a zero or non-finite one would give NaN outputs.
+      if (t.kind === 'scales' && !values.every((v) => Number.isFinite(v) && v > 0)) throw bad(`${what} holds a scale that is not a positive number`);
+      (t.kind === 'bias' ? biases : scales)[t.layer] = values;
       continue;
     }
     const layout = Buffer.from(String(t.layout), 'base64');
-    let info: { dims: number[]; dataType: string; bytes: number } | null;
+    let info: ReturnType<ReturnType<typeof native>['describeLayout']>;
     try {
       info = native().describeLayout(layout);
     } catch (e) {
       throw bad(`${what}: ${(e as Error).message}`);
     }
     const want = weightType(h.precision, t.layer);
-    const count = (d: number[]) => d.reduce((a, b) => a * b, 1);
-    if (!info || info.dataType !== want || info.dims[0] !== outC || count(info.dims) !== count(dims[t.layer]) || info.bytes !== t.bytes) {
-      throw bad(`${what}: its layout does not describe layer ${t.layer}'s ${want} weights of ${JSON.stringify(dims[t.layer])} in ${t.bytes} bytes`);
+    if (!info || info.dataType !== want || !dims[t.layer].some((d) => sameDims(d, info!.dims)) || info.bytes !== t.bytes) {
+      throw bad(`${what}: its layout does not describe layer ${t.layer}'s ${want} weights of ${JSON.stringify(dims[t.layer][0])} in ${t.bytes} bytes`);
     }
     packed.push({ layer: t.layer, layout: new Uint8Array(layout), data });
   }

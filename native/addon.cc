@@ -56,6 +56,7 @@ Napi::Value DescribeLayout(const Napi::CallbackInfo& info) {
   for (size_t i = 0; i < l.dims.size(); i++) dims.Set(i, static_cast<double>(l.dims[i]));
   out.Set("dims", dims);
   out.Set("dataType", l.dataType);
+  out.Set("kind", l.kind);
   out.Set("bytes", static_cast<double>(l.bytes));
   return out;
 #else

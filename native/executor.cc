@@ -88,8 +88,14 @@ Napi::Value packedToJs(Napi::Env env, std::vector<PackedOut>& packed) {
     o.Set("layer", p.layer);
     o.Set("layout", Napi::Buffer<char>::Copy(env, p.layout.data(), p.layout.size()));
     auto* owner = new std::shared_ptr<std::vector<char>>(p.data);
+    const int64_t bytes = static_cast<int64_t>(p.data->size());
+    Napi::MemoryManagement::AdjustExternalMemory(env, bytes);  // so that V8 collects them in time
     o.Set("data", Napi::Buffer<char>::New(env, (*owner)->data(), (*owner)->size(),
-                                          [](Napi::Env, char*, std::shared_ptr<std::vector<char>>* h) { delete h; }, owner));
+                                          [](Napi::Env env, char*, std::shared_ptr<std::vector<char>>* h) {
+                                            Napi::MemoryManagement::AdjustExternalMemory(env, -static_cast<int64_t>((*h)->size()));
+                                            delete h;
+                                          },
+                                          owner));
     if (!p.scales.empty()) {
       Napi::Float32Array scales = Napi::Float32Array::New(env, p.scales.size());
       std::copy(p.scales.begin(), p.scales.end(), scales.Data());

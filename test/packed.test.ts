@@ -140,6 +140,56 @@ describe('packed weights', function () {
     assert.ok(length > 0);
   });
 
+  // Byte offsets in oneDNN 2.x's dnnl_memory_desc_t on x86-64 (DNNL_MAX_NDIMS 12).
+  const DESC = { padded: 112, formatKind: 312, strides: 320, innerNblks: 416, innerBlks: 424, innerIdxs: 520, winoSize: 360 };
+
+  /** Loads `file` with tensor `pick`'s layout edited by `change` (and its byte count set to `bytes`), then runs it. */
+  async function loadEdited(file: string, pick: (t: { kind: string; layer: number; layout?: string }) => boolean, change: (layout: Buffer) => void, bytes?: (old: number) => number) {
+    const original = fs.readFileSync(path.join(dir, file));
+    const { json } = header(original);
+    const tensors = json.tensors as { kind: string; layer: number; layout: string; bytes: number; offset: number }[];
+    const t = tensors.find(pick)!;
+    const layout = Buffer.from(t.layout, 'base64');
+    change(layout);
+    t.layout = layout.toString('base64');
+    let body = original;
+    if (bytes) {
+      // The new size as the file's last tensor, so that every size check passes but the layout's own.
+      t.bytes = bytes(t.bytes);
+      t.offset = 64 * Math.ceil(original.length / 64);
+      body = Buffer.concat([original, Buffer.alloc(t.offset + t.bytes - original.length, 1)]);
+    }
+    const at = path.join(dir, 'edited.packed');
+    fs.writeFileSync(at, withHeader(body, json));
+    const m = await loadModel(at, { threads: 1 });
+    try {
+      await m.run(input(), { outputs: ['prob'] });
+    } finally {
+      await m.dispose();
+    }
+  }
+
+  it('rejects layouts that would make oneDNN read out of bounds (found by review; each crashed the process)', async () => {
+    const fc8 = (t: { kind: string; layer: number }) => t.kind === 'weights' && t.layer === 15;
+    const fails = (p: Promise<unknown>, pattern: RegExp) => assert.rejects(p, (e: unknown) => e instanceof VggError && pattern.test(e.message));
+    // An inner block of size 0 (a division by zero) and an inner block on a dimension that does not exist.
+    await fails(loadEdited('D.fp32.packed', fc8, (l) => { l.writeInt32LE(1, DESC.innerNblks); l.writeBigInt64LE(0n, DESC.innerBlks); l.writeBigInt64LE(0n, DESC.innerIdxs); }), /inner block out of range/);
+    await fails(loadEdited('D.fp32.packed', fc8, (l) => { l.writeInt32LE(1, DESC.innerNblks); l.writeBigInt64LE(1n, DESC.innerBlks); l.writeBigInt64LE(100000n, DESC.innerIdxs); }), /inner block out of range/);
+    // Overlapping strides whose computed size matches the tensor's byte count.
+    await fails(loadEdited('D.fp32.packed', fc8, (l) => {
+      l.writeInt32LE(0, DESC.innerNblks);
+      l.writeBigInt64LE(4096n, DESC.strides); l.writeBigInt64LE(4096n, DESC.strides + 8);
+      l.writeBigInt64LE(l.readBigInt64LE(8), DESC.padded); l.writeBigInt64LE(l.readBigInt64LE(16), DESC.padded + 8);
+    }, () => 256 * 4096 * 4), /not a dense layout/);
+    // A Winograd layout whose stated size is smaller than its weights: used only where a primitive
+    // asks for exactly it, so this one is never read (the run converts nothing and fails cleanly).
+    const bytes = fs.readFileSync(path.join(dir, 'D.fp32-Winograd.packed'));
+    const tensors = header(bytes).json.tensors as { kind: string; layer: number; layout: string }[];
+    const wino = tensors.find((t) => t.kind === 'weights' && Buffer.from(t.layout, 'base64').readInt32LE(DESC.formatKind) !== 2 /* dnnl_blocked */)!;
+    const cut = (t: { kind: string; layer: number; layout?: string }) => t.kind === 'weights' && t.layout === wino.layout;
+    await fails(loadEdited('D.fp32-Winograd.packed', cut, (l) => l.writeBigUInt64LE(4096n, DESC.winoSize), () => 4096), /layout the packed file lacks|cannot be converted/);
+  });
+
   it('survives random damage to the header and layouts: a VggError or a working model, never a crash', async () => {
     const bytes = fs.readFileSync(path.join(dir, 'D.fp32.packed'));
     const { length } = header(bytes);

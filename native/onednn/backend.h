@@ -34,6 +34,7 @@ std::string isaName();
 struct LayoutInfo {
   std::vector<int64_t> dims;
   std::string dataType;
+  std::string kind;  // "blocked" or "wino"
   size_t bytes = 0;
   std::string error;
 };

@@ -12,6 +12,12 @@ namespace vgg::onednn {
 using dnnl::memory;
 
 namespace {
+std::string convertError(int layer) {
+  return "layer " + std::to_string(layer) +
+         ": this input shape needs a weight layout the packed file lacks, and its own cannot be converted; "
+         "pack the file for this batch size and input size (vgg pack --batch, --size, --head)";
+}
+
 memory::desc descFromBytes(const std::string& bytes) {
   dnnl_memory_desc_t c;
   std::memcpy(&c, bytes.data(), sizeof c);  // TypeScript checked the length, version and ISA
@@ -39,7 +45,8 @@ std::vector<float> channelScales(const float* w, const memory::dims& dims) {
 WeightCache::WeightCache(const dnnl::engine& engine, const std::vector<PackedWeight>& packed) : engine_(engine) {
   for (const PackedWeight& p : packed) {
     // oneDNN only reads weights during inference; the const_cast never leads to a write.
-    entries_.push_back({p.layer, descFromBytes(p.layout), memory(descFromBytes(p.layout), engine_, const_cast<void*>(p.data))});
+    const memory::desc md = descFromBytes(p.layout);
+    entries_.push_back({p.layer, md, memory(md, engine_, const_cast<void*>(p.data)), md.data.format_kind != dnnl_format_kind_wino});
     if (p.scales) {
       if (scales_.size() <= static_cast<size_t>(p.layer)) scales_.resize(p.layer + 1);
       const size_t outC = entries_.back().layout.dims()[0];
@@ -60,10 +67,13 @@ const std::vector<float>& WeightCache::scales(const WeightSource& src) {
 
 memory WeightCache::get(const WeightSource& src, const memory::desc& want, dnnl::stream& stream) {
   const Entry* from = nullptr;
-  for (const Entry& e : entries_) {
+  for (Entry& e : entries_) {
     if (e.layer != src.layer) continue;
-    if (e.layout == want) return e.mem;
-    from = &e;
+    if (e.layout == want) {
+      e.verified = true;
+      return e.mem;
+    }
+    if (e.verified) from = &e;
   }
   const bool quantize = want.data_type() == memory::data_type::s8;
   memory source;
@@ -84,7 +94,7 @@ memory WeightCache::get(const WeightSource& src, const memory::desc& want, dnnl:
       }
     }
   } else {
-    throw std::runtime_error("the packed file has no weights for layer " + std::to_string(src.layer));
+    throw std::runtime_error(convertError(src.layer));
   }
   memory packed = allocate(want);
   if (src.plain && convertInSlices(src, source, packed, stream)) {
@@ -95,9 +105,7 @@ memory WeightCache::get(const WeightSource& src, const memory::desc& want, dnnl:
     dnnl::reorder(dnnl::reorder::primitive_desc(source, packed, attr)).execute(stream, source, packed);
   } catch (const dnnl::error&) {
     if (src.plain) throw;
-    throw std::runtime_error("layer " + std::to_string(src.layer) +
-                             ": this input shape needs a weight layout the packed file lacks and oneDNN cannot convert "
-                             "its layout; pack the file for this batch size and input size (vgg pack --batch, --size)");
+    throw std::runtime_error(convertError(src.layer));
   }
   stream.wait();
   if (src.plain) releaseMappedPages(src.plain, source.get_desc().get_size());
@@ -154,7 +162,7 @@ memory WeightCache::allocate(const memory::desc& md) {
 
 std::vector<memory::desc> WeightCache::layouts(int layer) const {
   std::vector<memory::desc> out;
-  for (const Entry& e : entries_) if (e.layer == layer) out.push_back(e.layout);
+  for (const Entry& e : entries_) if (e.layer == layer && e.verified) out.push_back(e.layout);
   return out;
 }
 

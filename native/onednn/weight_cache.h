@@ -39,6 +39,9 @@ class WeightCache {
     int layer;
     dnnl::memory::desc layout;
     dnnl::memory mem;
+    // A packed Winograd layout cannot be checked field by field: it is trusted (offered to
+    // primitives, converted from) only once a primitive has asked for exactly it.
+    bool verified = true;
   };
   dnnl::memory allocate(const dnnl::memory::desc& md);
   bool convertInSlices(const WeightSource& src, const dnnl::memory& source, const dnnl::memory& to, dnnl::stream& stream);
