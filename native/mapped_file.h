@@ -23,4 +23,7 @@ std::shared_ptr<Mapping> findMapping(const void* p);
 // mapping, after the weights there were converted into another layout: they are clean file
 // pages, so a later read faults them back from the page cache unchanged. Elsewhere, nothing.
 void releaseMappedPages(const void* p, size_t bytes);
+// Maps in the pages of [p, p + bytes) now, in one call, rather than one fault at a time during
+// the first run (a packed file's weights, read in place). Best effort: older kernels lack it.
+void prefaultPages(const void* p, size_t bytes);
 }

@@ -46,6 +46,7 @@ WeightCache::WeightCache(const dnnl::engine& engine, const std::vector<PackedWei
   for (const PackedWeight& p : packed) {
     // oneDNN only reads weights during inference; the const_cast never leads to a write.
     const memory::desc md = descFromBytes(p.layout);
+    prefaultPages(p.data, md.get_size());
     entries_.push_back({p.layer, md, memory(md, engine_, const_cast<void*>(p.data)), md.data.format_kind != dnnl_format_kind_wino});
     if (p.scales) {
       if (scales_.size() <= static_cast<size_t>(p.layer)) scales_.resize(p.layer + 1);
