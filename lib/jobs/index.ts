@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { Queue, Worker, type ConnectionOptions, type Job } from 'bullmq';
+import type { ConnectionOptions, Job, Queue, Worker } from 'bullmq';
 import type { Device, Precision } from '../device';
 import { VggError } from '../errors';
 import type { ExtractRecord } from '../extract';
@@ -15,6 +15,10 @@ import type { RowSource } from '../writers/rows';
 import { writeSafetensorsRows } from '../writers/safetensors';
 import { writeAtomic } from '../writers/sink';
 import { imageList } from '../inputs';
+
+// Loaded on first use: an application that requires vggnet for inference alone should not pay
+// for a Redis client and queue library (about 130 ms of module loading) it never uses.
+const bullmq = (): typeof import('bullmq') => require('bullmq');
 
 /** The BullMQ queue every shard of every job goes to; workers listen on it alone. */
 export const QUEUE = 'vggnet-shards';
@@ -127,7 +131,7 @@ export async function submitJob(images: string | string[], options: SubmitOption
     writeAtomic(manifestFile, (o) => o.write(JSON.stringify({ ...spec, shardList }, null, 1)));
   }
 
-  const queue = new Queue<ShardData>(QUEUE, { connection: clientConnection(options.redis) });
+  const queue = new (bullmq().Queue<ShardData>)(QUEUE, { connection: clientConnection(options.redis) });
   try {
     const client = await queue.client;
     const created = (await (client as unknown as RawRedis).set(SPEC_KEY(id), JSON.stringify(spec), 'NX')) === 'OK';
@@ -299,7 +303,7 @@ export function runWorker(options: WorkerOptions = {}): JobWorker {
     }
   }
 
-  const worker: Worker<ShardData> = new Worker<ShardData>(QUEUE, processShard, {
+  const worker: Worker<ShardData> = new (bullmq().Worker<ShardData>)(QUEUE, processShard, {
     connection,
     concurrency: options.concurrency ?? 1,
     lockDuration: options.lockDuration ?? 30000,
@@ -345,7 +349,7 @@ async function getSpec(queue: Queue, id: string): Promise<JobSpec> {
 
 /** Shards done, failed, running and waiting, images/s since the first shard started, and ETA. */
 export async function jobStatus(id: string, options: { redis?: string } = {}): Promise<JobStatus> {
-  const queue = new Queue<ShardData>(QUEUE, { connection: clientConnection(options.redis) });
+  const queue = new (bullmq().Queue<ShardData>)(QUEUE, { connection: clientConnection(options.redis) });
   try {
     const spec = await getSpec(queue, id);
     const status: JobStatus = {
@@ -387,7 +391,7 @@ export async function jobStatus(id: string, options: { redis?: string } = {}): P
 /** Resolves `JOB` to its output folder: a folder with a manifest.json, or a job id looked up in Redis. */
 export async function jobFolder(job: string, options: { redis?: string } = {}): Promise<string> {
   if (readManifestSafe(job)) return path.resolve(job);
-  const queue = new Queue(QUEUE, { connection: clientConnection(options.redis) });
+  const queue = new (bullmq().Queue)(QUEUE, { connection: clientConnection(options.redis) });
   try {
     return (await getSpec(queue, job)).out;
   } finally {

@@ -1,4 +1,8 @@
-import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type * as PromClient from 'prom-client';
+import type { Counter, Gauge, Histogram, Registry } from 'prom-client';
+
+// Loaded on first use, with the rest of the HTTP service.
+const prom = (): typeof PromClient => require('prom-client');
 
 /** The Prometheus metrics of one server, in a registry of its own (or the one given). */
 export class ServeMetrics {
@@ -13,9 +17,10 @@ export class ServeMetrics {
   #done: number[] = [];
   #windowMs: number;
 
-  constructor(registry = new Registry(), prefix = 'vggnet_', windowMs = 10_000) {
+  constructor(registry: Registry = new (prom().Registry)(), prefix = 'vggnet_', windowMs = 10_000) {
     this.registry = registry;
     this.#windowMs = windowMs;
+    const { Counter, Gauge, Histogram } = prom();
     const registers = [registry];
     this.requests = new Counter({ name: `${prefix}requests_total`, help: 'HTTP requests by route and status', labelNames: ['route', 'status'], registers });
     this.latency = new Histogram({

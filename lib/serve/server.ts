@@ -1,5 +1,4 @@
-import Fastify, { type FastifyError, type FastifyInstance, type FastifyPluginAsync, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify';
-import multipart from '@fastify/multipart';
+import type { FastifyError, FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest, FastifyServerOptions } from 'fastify';
 import type Sharp from 'sharp';
 import type { Registry } from 'prom-client';
 import { classify } from '../classify';
@@ -9,6 +8,11 @@ import { preprocess, PRESETS, type Preset } from '../preprocess';
 import { encodeSafetensors, type Tensor } from '../safetensors';
 import { Batcher } from './batcher';
 import { ServeMetrics } from './metrics';
+
+// Loaded on first use: an application that requires vggnet for inference alone should not pay
+// for an HTTP stack (about 100 ms of module loading) it never starts.
+const fastify = (): typeof import('fastify').default => require('fastify');
+const multipart = (): typeof import('@fastify/multipart').default => require('@fastify/multipart');
 
 /** What the server needs of a model: a Model, or anything that runs like one. */
 export type ServeModel = Pick<Model, 'run' | 'info' | 'blobNames'>;
@@ -145,7 +149,7 @@ export const vggnetPlugin: FastifyPluginAsync<VggnetPluginOptions> = async (app,
 
   // Any content type is an image body; multipart carries it in the field `image`.
   app.removeAllContentTypeParsers();
-  await app.register(multipart, { limits: { fileSize: bodyLimit, files: 4, fields: 16, parts: 20 }, throwFileSizeLimit: true });
+  await app.register(multipart(), { limits: { fileSize: bodyLimit, files: 4, fields: 16, parts: 20 }, throwFileSizeLimit: true });
   app.addContentTypeParser('*', { parseAs: 'buffer', bodyLimit }, (_req, body, done) => done(null, body));
 
   app.setErrorHandler((err: FastifyError | VggError, request, reply) => {
@@ -290,7 +294,7 @@ declare module 'fastify' {
 export function createServer(model: ServeModel, options: ServeOptions & { logger?: FastifyServerOptions['logger'] } = {}): FastifyInstance {
   const { logger, ...serveOptions } = options;
   const service = new VggnetService(model, serveOptions);
-  const app = Fastify({ logger: logger ?? false, bodyLimit: service.options.bodyLimit, return503OnClosing: false });
+  const app = fastify()({ logger: logger ?? false, bodyLimit: service.options.bodyLimit, return503OnClosing: false });
   app.decorate('vggnet', service);
   app.setNotFoundHandler((request, reply) => {
     void reply.code(404).send({ error: { code: 'E_ARG', message: `no route ${request.method} ${request.url.split('?')[0]}` } });
