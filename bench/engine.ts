@@ -48,7 +48,7 @@ async function load(c: EngineConfig): Promise<Runner> {
     });
     return async (data, n) => (await session.run({ input: new ort.Tensor('float32', data, [n, 3, 224, 224]) })).fc8.data as Float32Array;
   }
-  const { loadModel } = await import('../lib/model');
+  const { loadModel } = await import('../lib');
   const model = await loadModel(c.file, {
     threads: c.threads,
     ...(c.precision ? { precision: c.precision } : {}),
