@@ -43,7 +43,13 @@ async function cached(file: string, source: string, make: () => Promise<void>): 
   return file;
 }
 
-async function prepare(): Promise<{ setups: Setup[]; peak: number; packed: string }> {
+/** The fp32 FMA peak on `threads` threads (GFLOP/s): the best of three ~1 s probes, as the machine is shared. */
+function fmaPeak(): number {
+  const bin = path.join(DIR, 'fma-peak');
+  return Math.max(...[0, 1, 2].map(() => Number(execFileSync(bin, [String(threads)], { encoding: 'utf8' }))));
+}
+
+async function prepare(): Promise<{ setups: Setup[]; packed: string }> {
   if (!fs.existsSync(path.join(PEER_DIR, 'node_modules', 'onnxruntime-node'))) {
     log('bench: installing onnxruntime-node into bench/peer (npm ci --ignore-scripts)');
     execFileSync('npm', ['ci', '--ignore-scripts', '--no-audit', '--no-fund'], { cwd: PEER_DIR, stdio: 'inherit' });
@@ -63,12 +69,12 @@ async function prepare(): Promise<{ setups: Setup[]; peak: number; packed: strin
     await packWeights(weights, path.join(DIR, `vgg16.int8.b${batch}.packed`), { precision: 'int8', calibration: calib, shapes, threads });
   });
   const peakBin = path.join(DIR, 'fma-peak');
-  if (!fs.existsSync(peakBin)) execFileSync('cc', ['-O3', '-funroll-loops', '-march=native', '-fopenmp', path.join(ROOT, 'bench/fma-peak.c'), '-o', peakBin]);
-  const peak = Math.max(...[0, 1, 2].map(() => Number(execFileSync(peakBin, [String(threads)], { encoding: 'utf8' }))));
+  await cached(peakBin, path.join(ROOT, 'bench/fma-peak.c'), async () => {
+    execFileSync('cc', ['-O3', '-funroll-loops', '-march=native', '-fopenmp', path.join(ROOT, 'bench/fma-peak.c'), '-o', peakBin]);
+  });
 
   const vgg = (precision: 'fp32' | 'bf16' | 'int8', extra: Partial<EngineConfig> = {}) => ({ engine: 'vggnet' as const, file: weights, precision, ...extra });
   return {
-    peak,
     packed: packedFp32,
     setups: [
       { name: 'onnxruntime-node', precision: 'fp32', config: { engine: 'ort', file: onnx } },
@@ -118,7 +124,8 @@ function relError(a: number[], b: number[]): number {
 }
 
 async function main(): Promise<void> {
-  const { setups, peak, packed } = await prepare();
+  const { setups, packed } = await prepare();
+  const peaks = [fmaPeak()];
   const results: EngineResult[][] = setups.map(() => []);
   for (let r = 0; r < rounds; r++) {
     for (let k = 0; k < setups.length; k++) {
@@ -129,6 +136,8 @@ async function main(): Promise<void> {
       results[i].push(await start(config).result);
     }
   }
+  peaks.push(fmaPeak()); // before and after the rounds: the machine's load changes
+  const peak = Math.max(...peaks);
   const med = results.map((rs) => ({
     loadMs: median(rs.map((x) => x.loadMs)), latencyMs: median(rs.map((x) => x.latencyMs)),
     peakRssMb: median(rs.map((x) => x.peakRssMb)), imagesPerSecond: median(rs.map((x) => x.imagesPerSecond!)), fc8: rs[0].fc8,

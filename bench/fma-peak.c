@@ -8,7 +8,7 @@
 #include <stdlib.h>
 
 #define CHAINS 16
-#define ITERS 20000000L
+#define ITERS 60000000L
 
 int main(int argc, char** argv) {
   const int threads = argc > 1 ? atoi(argv[1]) : 1;
