@@ -74,19 +74,30 @@ function checkHead(value: unknown, name: string): Head {
 }
 
 /**
- * Loads a VGG from a safetensors file (torchvision or timm names, F32/F16/BF16), mapped into
- * memory rather than read. The returned model runs on its own native thread.
+ * Loads a VGG from a safetensors file (torchvision or timm names, F32/F16/BF16) or a packed
+ * file, mapped into memory rather than read. The returned model runs on its own native thread.
  */
 export async function loadModel(file: string, options?: LoadOptions): Promise<Model> {
+  const settings = checkLoadOptions(options);  // before the file, so a bad option fails fast
+  return startModel(file, await openWeights(file), settings);
+}
+
+type LoadSettings = ReturnType<typeof checkLoadOptions>;
+
+/** The options that do not depend on the weights file, checked. */
+export function checkLoadOptions(options: LoadOptions | undefined) {
   const opts = checkOptions(options as LoadOptions | undefined, 'options', ['head', 'threads', 'device', 'precision', 'winograd', 'calibration']);
   const head = checkHead(opts.head ?? 'fixed', 'options.head');
   const threads = opts.threads ?? os.availableParallelism();
   if (!Number.isSafeInteger(threads) || threads < 1 || threads > 1024) throw argError('options.threads', 'an integer from 1 to 1024', opts.threads);
   if (opts.winograd !== undefined && typeof opts.winograd !== 'boolean') throw argError('options.winograd', 'a boolean', opts.winograd);
-
   const device = opts.device ?? 'cpu';
-  const cudaDevice = cudaIndex(device);
-  const weights = await openWeights(file);
+  return { ...opts, head, threads, device, cudaDevice: cudaIndex(device) };
+}
+
+/** loadModel on weights already opened (vgg pack reads their biases as well). */
+export async function startModel(file: string, weights: ModelWeights, opts: LoadSettings): Promise<Model> {
+  const { head, threads, device, cudaDevice } = opts;
   const packed = weights.packed?.header;
   if (packed && cudaDevice >= 0) throw new VggError('E_ARG', `${file} is a packed file, which only the CPU backend reads; load the original weights for device ${device}`);
   const precision = checkPrecision(opts.precision ?? packed?.precision ?? 'fp32', cudaDevice >= 0);

@@ -1,6 +1,6 @@
 import type { Calibration } from './calibration';
 import { VggError, argError, checkOptions } from './errors';
-import { loadModel, openWeights } from './model';
+import { checkLoadOptions, openWeights, startModel } from './model';
 import { native, type Precision } from './native';
 import { writePacked, type PackedHeader } from './packed';
 import type { Head } from './topology';
@@ -42,12 +42,12 @@ export async function packWeights(file: string, out: string, options?: PackOptio
   }
   const weights = await openWeights(file);
   if (weights.packed) throw new VggError('E_ARG', `${file} is packed already; pack the original weights file`);
-  const model = await loadModel(file, {
+  const model = await startModel(file, weights, checkLoadOptions({
     precision: opts.precision ?? 'fp32',
     ...(opts.winograd !== undefined ? { winograd: opts.winograd } : {}),
     ...(opts.calibration !== undefined ? { calibration: opts.calibration } : {}),
     ...(opts.threads !== undefined ? { threads: opts.threads } : {}),
-  });
+  }));
   try {
     const layouts = await model.packLayouts(shapes);
     const { onednn, isa } = native().versions();

@@ -3,6 +3,7 @@ import type { Device, Precision } from '../device';
 import { PRESETS } from '../preprocess';
 import { VggError } from '../errors';
 import { readF32, readSafetensorsFile, type Tensor } from '../safetensors';
+import type { LoadOptions } from '../model';
 
 /**
  * Prints the one line a failed command leaves on stderr, `vgg: E_CODE: message`, and sets exit
@@ -78,7 +79,7 @@ export function engineOptions(command: Command): Command {
     .option('--calibration <file>', 'int8: activation ranges from vgg calibrate');
 }
 
-type EngineSettings = { threads?: number; device?: Device; precision?: Precision; winograd?: boolean; calibration?: string };
+type EngineSettings = Pick<LoadOptions, 'threads' | 'device' | 'precision' | 'winograd'> & { calibration?: string };
 
 /** loadModel's options from those flags; loadModel checks the values and names the option. */
 export function engineSettings(flags: EngineFlags): EngineSettings {

@@ -21,7 +21,8 @@ A packed file holds the weights in the layouts this machine's oneDNN picked for 
 shapes: loading it maps the file and uses it in place (no conversion, and processes that load
 one file share its memory). It is tied to this oneDNN version and instruction set; elsewhere,
 loading it fails with E_WEIGHTS_FOREIGN. Shapes not packed for still run: their primitives
-convert a packed layout at load (an int8 layout may refuse; then pack for that shape).
+convert a packed layout at load (an int8 layout may refuse, and a Winograd layout is only used
+for the shapes it was packed for; then pack for that shape).
 `;
 
 export function registerPack(program: Command): void {

@@ -3,6 +3,7 @@
 #include <omp.h>
 #include <algorithm>
 #include <cstring>
+#include <numeric>
 #include <stdexcept>
 #include <string>
 
@@ -93,8 +94,9 @@ LayoutInfo describeLayout(const uint8_t* bytes, size_t length) {
   }
   // The dimensions with more than one outer block, from the smallest stride up, must each step
   // over exactly the ones before: a dense layout with nothing shared and nothing past its end.
-  int order[4] = {0, 1, 2, 3};
-  std::sort(order, order + c.ndims, [&](int x, int y) { return b.strides[x] < b.strides[y]; });
+  std::vector<int> order(c.ndims);
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](int x, int y) { return b.strides[x] < b.strides[y]; });
   int64_t span = inner;
   for (int k = 0; k < c.ndims; k++) {
     const int i = order[k];

@@ -50,7 +50,7 @@ Net::Net(const Plan& plan, WeightCache& weights, const dnnl::engine& engine, dnn
     softmax();         markBlob();
   } else {
     // The paper's dense evaluation: the same fc weights, read as 7x7 and 1x1 convolutions
-    // (the same bytes as OIHW with 1x1 kernels, so a packed fc layout does not carry over).
+    // (fc7's and fc8's bytes as OIHW with 1x1 kernels).
     Layer d7 = l7, d8 = l8;
     d7.weights.dims = {fc7.outF, fc7.inF, 1, 1};
     d7.weights.tag = d8.weights.tag = tag::oihw;
@@ -143,12 +143,7 @@ void Net::conv(const Layer& layer, int pad, tag dst_tag) {
     pd = make(algorithm::convolution_direct);
   }
 
-  memory src = relayout(pd.src_desc(), kStaging);
-  memory w = weights_.get(layer.weights, pd.weights_desc(), stream_);
-  memory b(pd.bias_desc(), engine_, const_cast<float*>(bias));  // read-only for oneDNN
-  memory dst = next(pd.dst_desc(), dst_t == dt::u8 ? layer.outScale : 1.f);
-  last_scale_ = layer.outScale;
-  push(dnnl::convolution_forward(pd), {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_BIAS, b}, {DNNL_ARG_DST, dst}}, pd);
+  pushWeighted(dnnl::convolution_forward(pd), pd, layer, bias);
 }
 
 void Net::maxPool() {
@@ -222,12 +217,7 @@ void Net::innerProduct(const Layer& layer) {
     dnnl::inner_product_forward::desc d(prop_kind::forward_inference, src_md, w_md, {{outF}, dt::f32, tag::x}, {{n_, outF}, dst_t, tag::nc});
     return dnnl::inner_product_forward::primitive_desc(d, a, engine_);
   });
-  memory src = relayout(pd.src_desc(), kStaging);
-  memory w = weights_.get(layer.weights, pd.weights_desc(), stream_);
-  memory b(pd.bias_desc(), engine_, const_cast<float*>(bias));
-  memory dst = next(pd.dst_desc(), dst_t == dt::u8 ? layer.outScale : 1.f);
-  last_scale_ = layer.outScale;
-  push(dnnl::inner_product_forward(pd), {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_BIAS, b}, {DNNL_ARG_DST, dst}}, pd);
+  pushWeighted(dnnl::inner_product_forward(pd), pd, layer, bias);
 }
 
 // Dense head: the class score map averaged over space, as [N, classes, 1, 1] in NCHW.
@@ -258,6 +248,18 @@ void Net::markBlob() {
 }
 
 // ---- plumbing ----------------------------------------------------------------
+
+// A chosen convolution or inner product as a step: its input in the layout it wants, its
+// weights from the cache, its output in the next buffer with the layer's scale (u8 outputs).
+void Net::pushWeighted(dnnl::primitive prim, const dnnl::primitive_desc_base& pd, const Layer& layer, const float* bias) {
+  memory src = relayout(pd.src_desc(0), kStaging);
+  memory w = weights_.get(layer.weights, pd.weights_desc(0), stream_);
+  memory b(pd.weights_desc(1), engine_, const_cast<float*>(bias));  // the bias; read-only for oneDNN
+  const memory::desc dst_md = pd.dst_desc(0);
+  memory dst = next(dst_md, dst_md.data_type() == dt::u8 ? layer.outScale : 1.f);
+  last_scale_ = layer.outScale;
+  push(std::move(prim), {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_BIAS, b}, {DNNL_ARG_DST, dst}}, pd);
+}
 
 // Weights already held in a layout (another input shape's, or a packed file's) are used as they
 // are when an optimized implementation accepts them: one copy per layer, in memory and on disk.

@@ -61,6 +61,7 @@ class Net {
   dnnl::memory::data_type activationType(bool first) const;
   dnnl::primitive_attr layerAttr(const Layer& layer, dnnl::memory::data_type src_t, dnnl::memory::data_type dst_t,
                                  const float** bias);
+  void pushWeighted(dnnl::primitive prim, const dnnl::primitive_desc_base& pd, const Layer& layer, const float* bias);
   template <typename Pd, typename Make>
   Pd withHeldWeights(int layer, const dnnl::memory::desc& any, Make make);
   dnnl::memory inSlot(const dnnl::memory::desc& md, int slot);

@@ -12,6 +12,9 @@ namespace vgg::onednn {
 using dnnl::memory;
 
 namespace {
+// Large layers are read and converted this much at a time, their file pages released after each.
+constexpr size_t kSliceBytes = 32 << 20;
+
 std::string convertError(int layer) {
   return "layer " + std::to_string(layer) +
          ": this input shape needs a weight layout the packed file lacks, and its own cannot be converted; "
@@ -30,7 +33,7 @@ std::vector<float> channelScales(const float* w, const memory::dims& dims) {
   const size_t outC = dims[0];
   size_t per = 1;
   for (size_t i = 1; i < dims.size(); i++) per *= dims[i];
-  const size_t rowsPerSlice = std::max<size_t>(1, (32 << 20) / (per * sizeof(float)));
+  const size_t rowsPerSlice = std::max<size_t>(1, kSliceBytes / (per * sizeof(float)));
   std::vector<float> scales(outC);
   for (size_t o = 0; o < outC; o++) {
     float m = 0;
@@ -98,18 +101,16 @@ memory WeightCache::get(const WeightSource& src, const memory::desc& want, dnnl:
     throw std::runtime_error(convertError(src.layer));
   }
   memory packed = allocate(want);
-  if (src.plain && convertInSlices(src, source, packed, stream)) {
-    entries_.push_back({src.layer, want, packed});
-    return packed;
+  if (!(src.plain && convertInSlices(src, source, packed, stream))) {
+    try {
+      dnnl::reorder(dnnl::reorder::primitive_desc(source, packed, attr)).execute(stream, source, packed);
+    } catch (const dnnl::error&) {
+      if (src.plain) throw;
+      throw std::runtime_error(convertError(src.layer));
+    }
+    stream.wait();
+    if (src.plain) releaseMappedPages(src.plain, source.get_desc().get_size());
   }
-  try {
-    dnnl::reorder(dnnl::reorder::primitive_desc(source, packed, attr)).execute(stream, source, packed);
-  } catch (const dnnl::error&) {
-    if (src.plain) throw;
-    throw std::runtime_error(convertError(src.layer));
-  }
-  stream.wait();
-  if (src.plain) releaseMappedPages(src.plain, source.get_desc().get_size());
   entries_.push_back({src.layer, want, packed});
   return packed;
 }
@@ -118,7 +119,6 @@ memory WeightCache::get(const WeightSource& src, const memory::desc& want, dnnl:
 // each slice's file pages are released as soon as it is done: the process never holds both
 // whole copies, which would set its peak memory. False when oneDNN cannot slice this layout.
 bool WeightCache::convertInSlices(const WeightSource& src, const memory& source, const memory& to, dnnl::stream& stream) {
-  constexpr size_t kSliceBytes = 32 << 20;
   const size_t bytes = source.get_desc().get_size();
   if (bytes < 2 * kSliceBytes) return false;
   const memory::dim outC = src.dims[0];
