@@ -11,12 +11,12 @@ import { execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { calibrate } from '../lib/calibrate';
-import { writeCalibration } from '../lib/calibration';
-import { cacheDir, defaultWeights } from '../lib/default-weights';
+import { calibrate } from '../lib/tasks/calibrate';
+import { writeCalibration } from '../lib/weights/calibration';
+import { cacheDir, defaultWeights } from '../lib/weights/default-weights';
 import { native } from '../lib/native';
-import { packWeights } from '../lib/pack';
-import { countMacs, presetArch } from '../lib/topology';
+import { packWeights } from '../lib/tasks/pack';
+import { countMacs, presetArch } from '../lib/arch/topology';
 import type { EngineConfig, EngineResult } from './engine';
 import { PEER_DIR, writeVggOnnx } from './onnx-vgg';
 

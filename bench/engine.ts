@@ -3,7 +3,7 @@
 // the batch-1 phase, says so, and waits for stdin to close (the parent reads its memory then).
 //
 // usage: node dist/bench/engine.js '<EngineConfig as JSON>'
-import { mulberry32 } from '../lib/random';
+import { mulberry32 } from '../lib/weights/random';
 import { peerRequire } from './onnx-vgg';
 
 export interface EngineConfig {

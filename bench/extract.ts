@@ -9,7 +9,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import sharp from 'sharp';
 import { loadModel, preprocess, type Tensor } from '../lib';
-import { defaultWeights } from '../lib/default-weights';
+import { defaultWeights } from '../lib/weights/default-weights';
 
 function flag(name: string, fallback: number): number {
   const at = process.argv.indexOf(`--${name}`);

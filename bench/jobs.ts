@@ -12,7 +12,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import sharp from 'sharp';
-import { defaultWeights } from '../lib/default-weights';
+import { defaultWeights } from '../lib/weights/default-weights';
 import { jobStatus, submitJob } from '../lib/jobs';
 import { TestRedis } from '../test/redis';
 

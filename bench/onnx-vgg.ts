@@ -4,8 +4,8 @@
 import * as fs from 'node:fs';
 import { createRequire } from 'node:module';
 import * as path from 'node:path';
-import { openWeights } from '../lib/model';
-import { featureLayers } from '../lib/topology';
+import { openWeights } from '../lib/engine/model';
+import { featureLayers } from '../lib/arch/topology';
 
 /** The peer packages live in bench/peer (installed by the bench), not in vggnet's dependencies. */
 export const PEER_DIR = path.resolve(__dirname, '../../bench/peer');

@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import * as fs from 'node:fs';
 import autocannon from 'autocannon';
 import { loadModel, type Device, type Precision } from '../lib';
-import { defaultWeights } from '../lib/default-weights';
+import { defaultWeights } from '../lib/weights/default-weights';
 import { createServer } from '../lib/serve/server';
 
 function flag(name: string): string | undefined {

@@ -1,11 +1,11 @@
 import { strict as assert } from 'node:assert';
 import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
-import { classNames } from '../lib/classes';
-import { classify, type ClassifyOptions } from '../lib/classify';
+import { classNames } from '../lib/images/classes';
+import { classify, type ClassifyOptions } from '../lib/tasks/classify';
 import { VggError } from '../lib/errors';
-import { loadModel, type Model } from '../lib/model';
-import { preprocess } from '../lib/preprocess';
+import { loadModel, type Model } from '../lib/engine/model';
+import { preprocess } from '../lib/images/preprocess';
 import { fixture, readTensors } from './helpers';
 
 const COFFEE = fixture('images/coffee.png');

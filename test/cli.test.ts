@@ -3,8 +3,8 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { loadModel } from '../lib/model';
-import { readF32, readSafetensorsFile, type SafetensorsFile } from '../lib/safetensors';
+import { loadModel } from '../lib/engine/model';
+import { readF32, readSafetensorsFile, type SafetensorsFile } from '../lib/weights/safetensors';
 
 const fixtures = path.resolve(__dirname, '../../../shared/fixtures');
 const fixture = (name: string) => path.join(fixtures, name);

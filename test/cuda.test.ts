@@ -2,7 +2,7 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { cudaStatus, loadModel, VggError, type CudaStatus, type Model } from '../lib';
-import { backendError } from '../lib/device';
+import { backendError } from '../lib/engine/device';
 import { native } from '../lib/native';
 import { FIXTURES, readTensors, relError, tmpDir } from './helpers';
 

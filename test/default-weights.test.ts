@@ -2,10 +2,10 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { cacheDir, defaultWeights } from '../lib/default-weights';
+import { cacheDir, defaultWeights } from '../lib/weights/default-weights';
 import type { VggError } from '../lib/errors';
-import { openWeights } from '../lib/model';
-import { countParams } from '../lib/topology';
+import { openWeights } from '../lib/engine/model';
+import { countParams } from '../lib/arch/topology';
 import { tmpDir, writeTemp } from './helpers';
 
 describe('default weights', () => {

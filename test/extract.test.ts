@@ -4,12 +4,12 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import sharp from 'sharp';
 import { VggError } from '../lib/errors';
-import { extract, type ExtractRecord, type ExtractSource } from '../lib/extract';
-import { loadModel, type Model } from '../lib/model';
-import { preprocess } from '../lib/preprocess';
-import { readF32, readSafetensorsFile, type Tensor } from '../lib/safetensors';
-import { Journal } from '../lib/writers/journal';
-import { writeAtomic } from '../lib/writers/sink';
+import { extract, type ExtractRecord, type ExtractSource } from '../lib/tasks/extract';
+import { loadModel, type Model } from '../lib/engine/model';
+import { preprocess } from '../lib/images/preprocess';
+import { readF32, readSafetensorsFile, type Tensor } from '../lib/weights/safetensors';
+import { Journal } from '../lib/outputs/journal';
+import { writeAtomic } from '../lib/files';
 import { fixture, prng, relError, tmpDir } from './helpers';
 
 const WEIGHTS = fixture('D.weights.safetensors');

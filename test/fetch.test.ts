@@ -7,7 +7,7 @@ import type { AddressInfo } from 'node:net';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
 import { VggError } from '../lib/errors';
-import { fetchWeights } from '../lib/fetch';
+import { fetchWeights } from '../lib/weights/hub';
 import { fixture, repack, tmpDir } from './helpers';
 
 // The D fixture under timm's names with the metadata timm writes ({"format": "pt"}), so that the

@@ -2,7 +2,7 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { loadModel, type Model } from '../lib';
-import { writeSafetensors } from '../lib/safetensors';
+import { writeSafetensors } from '../lib/weights/safetensors';
 import { FIXTURES, readTensors, relError, repack, tmpDir, writeTemp } from './helpers';
 
 /** DESIGN.md's bar for fp32: max abs error over max abs value against PyTorch float64. */

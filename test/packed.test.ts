@@ -4,12 +4,12 @@ import { strict as assert } from 'node:assert';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { calibrate } from '../lib/calibrate';
-import { writeCalibration } from '../lib/calibration';
+import { calibrate } from '../lib/tasks/calibrate';
+import { writeCalibration } from '../lib/weights/calibration';
 import { VggError } from '../lib/errors';
-import { loadModel, openWeights } from '../lib/model';
+import { loadModel, openWeights } from '../lib/engine/model';
 import { native } from '../lib/native';
-import { packWeights } from '../lib/pack';
+import { packWeights } from '../lib/tasks/pack';
 import { fixture, prng, readTensors, tmpDir } from './helpers';
 
 const D = fixture('D.weights.safetensors');

@@ -3,14 +3,14 @@
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { calibrate } from '../lib/calibrate';
-import { loadCalibration, writeCalibration, type Calibration } from '../lib/calibration';
+import { calibrate } from '../lib/tasks/calibrate';
+import { loadCalibration, writeCalibration, type Calibration } from '../lib/weights/calibration';
 import { VggError } from '../lib/errors';
-import { loadModel } from '../lib/model';
+import { loadModel } from '../lib/engine/model';
 import { native } from '../lib/native';
-import { writeSafetensors, type Tensor } from '../lib/safetensors';
-import { featureLayers, type CfgItem } from '../lib/topology';
-import { archMetadata } from '../lib/weights';
+import { writeSafetensors, type Tensor } from '../lib/weights/safetensors';
+import { featureLayers, type CfgItem } from '../lib/arch/topology';
+import { archMetadata } from '../lib/weights/binding';
 import { FIXTURES, fixture, prng, randomInput, readTensors, relError, tmpDir } from './helpers';
 
 const manifest = JSON.parse(fs.readFileSync(path.join(FIXTURES, 'manifest.json'), 'utf8')) as { cases: Record<string, unknown> };

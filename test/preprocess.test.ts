@@ -2,8 +2,8 @@ import { strict as assert } from 'node:assert';
 import * as path from 'node:path';
 import sharp from 'sharp';
 import { VggError } from '../lib/errors';
-import { preprocess, type PreprocessOptions } from '../lib/preprocess';
-import type { Tensor } from '../lib/safetensors';
+import { preprocess, type PreprocessOptions } from '../lib/images/preprocess';
+import type { Tensor } from '../lib/weights/safetensors';
 import { fixture, readTensors, tmpDir, writeTemp } from './helpers';
 
 const COFFEE = fixture('images/coffee.png');

@@ -3,8 +3,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { VggError } from '../lib/errors';
-import { readPth } from '../lib/pth';
-import { parseSafetensors, readF32 } from '../lib/safetensors';
+import { readPth } from '../lib/weights/pth';
+import { parseSafetensors, readF32 } from '../lib/weights/safetensors';
 
 const fixtures = path.resolve(__dirname, '../../../shared/fixtures');
 

@@ -6,9 +6,9 @@ import { spawn } from 'node:child_process';
 import * as path from 'node:path';
 import sharp from 'sharp';
 import Fastify, { type FastifyInstance } from 'fastify';
-import { loadModel, type Model, type Outputs, type RunOptions } from '../lib/model';
-import { preprocess } from '../lib/preprocess';
-import { parseSafetensors, readF32, type Tensor } from '../lib/safetensors';
+import { loadModel, type Model, type Outputs, type RunOptions } from '../lib/engine/model';
+import { preprocess } from '../lib/images/preprocess';
+import { parseSafetensors, readF32, type Tensor } from '../lib/weights/safetensors';
 import { createServer, vggnetPlugin, type ServeModel, type ServeOptions } from '../lib/serve';
 
 const FIXTURES = process.env.VGGNET_FIXTURES ?? path.resolve(__dirname, '../../../shared/fixtures');

@@ -1,9 +1,9 @@
 import { Command } from 'commander';
-import { calibrate } from '../calibrate';
-import { writeCalibration } from '../calibration';
+import { calibrate } from '../tasks/calibrate';
+import { writeCalibration } from '../weights/calibration';
 import { VggError } from '../errors';
-import { imageList } from '../inputs';
-import type { Preset } from '../preprocess';
+import { imageList } from '../images/sources';
+import type { Preset } from '../images/preprocess';
 import { positiveInt, preprocessOptions, readInput } from './common';
 
 interface CalibrateFlags {

@@ -1,9 +1,9 @@
 import { Command, Option } from 'commander';
-import { DENSE_SCALES, type Prediction } from '../classify';
-import { defaultWeights } from '../default-weights';
+import { DENSE_SCALES, type Prediction } from '../tasks/classify';
+import { defaultWeights } from '../weights/default-weights';
 import { VggError } from '../errors';
-import { loadModel } from '../model';
-import { PRESETS, type Preset } from '../preprocess';
+import { loadModel } from '../engine/model';
+import { PRESETS, type Preset } from '../images/preprocess';
 import { type EngineFlags, engineOptions, engineSettings, positiveInt, positiveIntList, reportError } from './common';
 
 interface ClassifyFlags extends EngineFlags {

@@ -1,9 +1,9 @@
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
-import type { Device, Precision } from '../device';
-import { PRESETS } from '../preprocess';
+import type { Device, Precision } from '../engine/device';
+import { PRESETS } from '../images/preprocess';
 import { VggError } from '../errors';
-import { readF32, readSafetensorsFile, type Tensor } from '../safetensors';
-import type { LoadOptions } from '../model';
+import { readF32, readSafetensorsFile, type Tensor } from '../weights/safetensors';
+import type { LoadOptions } from '../engine/model';
 
 /**
  * Prints the one line a failed command leaves on stderr, `vgg: E_CODE: message`, and sets exit

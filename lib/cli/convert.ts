@@ -1,7 +1,7 @@
 import { Command } from 'commander';
-import { encodeSafetensors, parseSafetensors, writeSafetensors } from '../safetensors';
-import { countParams } from '../topology';
-import { archMetadata, bindWeights } from '../weights';
+import { encodeSafetensors, parseSafetensors, writeSafetensors } from '../weights/safetensors';
+import { countParams } from '../arch/topology';
+import { archMetadata, bindWeights } from '../weights/binding';
 import { thousands } from './common';
 
 export function registerConvert(program: Command): void {
@@ -14,7 +14,7 @@ export function registerConvert(program: Command): void {
 
 async function convert(input: string, output: string): Promise<void> {
   // Loaded on demand: the zip and pickle readers are only needed by this command.
-  const { readPth } = await import('../pth');
+  const { readPth } = await import('../weights/pth');
   const tensors = Object.fromEntries(await readPth(input));
   // Bound through the same parser as any weights file, so only a valid VGG gets written.
   const bytes = Buffer.concat(encodeSafetensors(tensors));

@@ -2,15 +2,15 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { SingleBar } from 'cli-progress';
 import { Command } from 'commander';
-import { defaultWeights } from '../default-weights';
-import { IMAGE_EXTENSIONS, imageList } from '../inputs';
+import { defaultWeights } from '../weights/default-weights';
+import { IMAGE_EXTENSIONS, imageList } from '../images/sources';
 import { VggError } from '../errors';
-import type { ExtractRecord } from '../extract';
-import { loadModel, type Model } from '../model';
-import type { Preset } from '../preprocess';
-import { writerFor } from '../writers';
-import { Journal } from '../writers/journal';
-import { writeAtomic } from '../writers/sink';
+import type { ExtractRecord } from '../tasks/extract';
+import { loadModel, type Model } from '../engine/model';
+import type { Preset } from '../images/preprocess';
+import { writerFor } from '../outputs';
+import { Journal } from '../outputs/journal';
+import { writeAtomic } from '../files';
 import { type EngineFlags, commaList, engineOptions, engineSettings, positiveInt, preprocessOptions, reportError } from './common';
 
 interface ExtractFlags extends EngineFlags {

@@ -1,5 +1,5 @@
 import { Argument, Command } from 'commander';
-import { fetchWeights, HUB_REPOS, type FetchProgress } from '../fetch';
+import { fetchWeights, HUB_REPOS, type FetchProgress } from '../weights/hub';
 
 interface FetchFlags {
   endpoint?: string;

@@ -1,7 +1,7 @@
 import { Command } from 'commander';
 import { VggError } from '../errors';
-import { archInfo, openWeights, type ModelInfo } from '../model';
-import { layerTable, presetArch, type LayerRow } from '../topology';
+import { archInfo, openWeights, type ModelInfo } from '../engine/model';
+import { layerTable, presetArch, type LayerRow } from '../arch/topology';
 import { imageSize, thousands } from './common';
 
 interface InfoFlags {

@@ -1,7 +1,7 @@
 import { SingleBar } from 'cli-progress';
 import { Command, Option } from 'commander';
 import { jobStatus, mergeJob, runWorker, submitJob, type JobStatus } from '../jobs';
-import type { Preset } from '../preprocess';
+import type { Preset } from '../images/preprocess';
 import { type EngineFlags, commaList, engineOptions, engineSettings, positiveInt, preprocessOptions, reportError } from './common';
 
 const redisOption = () => new Option('--redis <url>', 'Redis URL').env('REDIS_URL').default('redis://127.0.0.1:6379');

@@ -1,7 +1,7 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { packWeights } from '../pack';
+import { packWeights } from '../tasks/pack';
 import type { Precision } from '../native';
-import type { Head } from '../topology';
+import type { Head } from '../arch/topology';
 import { imageSize, positiveInt, positiveIntList } from './common';
 
 interface PackFlags {

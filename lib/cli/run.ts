@@ -1,8 +1,8 @@
 import { Command, Option } from 'commander';
 import { VggError } from '../errors';
-import { loadModel } from '../model';
-import { writeSafetensors } from '../safetensors';
-import type { Head } from '../topology';
+import { loadModel } from '../engine/model';
+import { writeSafetensors } from '../weights/safetensors';
+import type { Head } from '../arch/topology';
 import { type EngineFlags, commaList, engineOptions, engineSettings, readInput } from './common';
 
 interface RunFlags extends EngineFlags {

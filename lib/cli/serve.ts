@@ -1,7 +1,7 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { defaultWeights } from '../default-weights';
-import { loadModel } from '../model';
-import { PRESETS, type Preset } from '../preprocess';
+import { defaultWeights } from '../weights/default-weights';
+import { loadModel } from '../engine/model';
+import { PRESETS, type Preset } from '../images/preprocess';
 import { createServer } from '../serve/server';
 import { VggError } from '../errors';
 import { type EngineFlags, engineOptions, engineSettings, positiveInt, positiveIntList, reportError } from './common';

@@ -3,18 +3,18 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { ConnectionOptions, Job, Queue, Worker } from 'bullmq';
-import type { Device, Precision } from '../device';
+import type { Device, Precision } from '../engine/device';
 import { VggError } from '../errors';
-import type { ExtractRecord } from '../extract';
-import { loadModel, type Model } from '../model';
-import type { PreprocessOptions } from '../preprocess';
-import { readSafetensorsFile, type SafetensorsFile } from '../safetensors';
-import { writerFor } from '../writers';
-import { Journal } from '../writers/journal';
-import type { RowSource } from '../writers/rows';
-import { writeSafetensorsRows } from '../writers/safetensors';
-import { writeAtomic } from '../writers/sink';
-import { imageList } from '../inputs';
+import type { ExtractRecord } from '../tasks/extract';
+import { loadModel, type Model } from '../engine/model';
+import type { PreprocessOptions } from '../images/preprocess';
+import { readSafetensorsFile, type SafetensorsFile } from '../weights/safetensors';
+import { writerFor } from '../outputs';
+import { Journal } from '../outputs/journal';
+import type { RowSource } from '../outputs/rows';
+import { writeSafetensorsRows } from '../outputs/safetensors';
+import { writeAtomic } from '../files';
+import { imageList } from '../images/sources';
 
 // Loaded on first use: an application that requires vggnet for inference alone should not pay
 // for a Redis client and queue library (about 130 ms of module loading) it never uses.

@@ -1,6 +1,6 @@
 import { VggError } from '../errors';
-import type { Outputs, RunOptions } from '../model';
-import type { Tensor } from '../safetensors';
+import type { Outputs, RunOptions } from '../engine/model';
+import type { Tensor } from '../weights/safetensors';
 
 /** What the batcher needs of a model: model.run (a Model, or a wrapper around one). */
 export interface BatchRunner {

@@ -1,11 +1,11 @@
 import type { FastifyError, FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest, FastifyServerOptions } from 'fastify';
 import type Sharp from 'sharp';
 import type { Registry } from 'prom-client';
-import { classify } from '../classify';
+import { classify } from '../tasks/classify';
 import { VggError, type VggErrorCode } from '../errors';
-import type { Model, Outputs } from '../model';
-import { preprocess, PRESETS, type Preset } from '../preprocess';
-import { encodeSafetensors, type Tensor } from '../safetensors';
+import type { Model, Outputs } from '../engine/model';
+import { preprocess, PRESETS, type Preset } from '../images/preprocess';
+import { encodeSafetensors, type Tensor } from '../weights/safetensors';
 import { Batcher } from './batcher';
 import { ServeMetrics } from './metrics';
 

@@ -1,15 +1,15 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
-import { classify, type ClassifyOptions, type Prediction } from './classify';
-import { VggError, argError, checkOptions, describe } from './errors';
-import { extract, type ExtractOptions, type ExtractRecord, type ExtractSource } from './extract';
+import { classify, type ClassifyOptions, type Prediction } from '../tasks/classify';
+import { VggError, argError, checkOptions, describe } from '../errors';
+import { extract, type ExtractOptions, type ExtractRecord, type ExtractSource } from '../tasks/extract';
 import { backendError, checkPrecision, cudaIndex, cudaLibraryDirs, type Device, type Precision } from './device';
-import { loadCalibration, outScale, type Calibration } from './calibration';
-import { native, type NativeExecutor, type NativeFeatureOp, type NativePlan } from './native';
-import { isPacked, readPacked, type PackedWeights } from './packed';
-import { parseSafetensors, type Tensor } from './safetensors';
-import { blobNames, countParams, FC6_WINDOW, featureLayers, inferShapes, lastWidth, LRN, type Arch, type CfgItem, type Head } from './topology';
-import { bindWeights, type Naming } from './weights';
+import { loadCalibration, outScale, type Calibration } from '../weights/calibration';
+import { native, type NativeExecutor, type NativeFeatureOp, type NativePlan } from '../native';
+import { isPacked, readPacked, type PackedWeights } from '../weights/packed';
+import { parseSafetensors, type Tensor } from '../weights/safetensors';
+import { blobNames, countParams, FC6_WINDOW, featureLayers, inferShapes, lastWidth, LRN, type Arch, type CfgItem, type Head } from '../arch/topology';
+import { bindWeights, type Naming } from '../weights/binding';
 
 export interface LoadOptions {
   /** The head `run` uses unless told otherwise: 'fixed' (torchvision) or 'dense' (the paper's). */

@@ -1,7 +1,7 @@
-import { classNames } from './classes';
-import { VggError, argError, checkOptions } from './errors';
-import type { Model } from './model';
-import { preprocess, type Preset } from './preprocess';
+import { classNames } from '../images/classes';
+import { VggError, argError, checkOptions } from '../errors';
+import type { Model } from '../engine/model';
+import { preprocess, type Preset } from '../images/preprocess';
 
 export interface ClassifyOptions {
   /** How many classes to return, most probable first; 5 by default. */

@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
-import { VggError } from './errors';
-import { writeAtomic } from './writers/sink';
+import { VggError } from '../errors';
+import { writeAtomic } from '../files';
 
 /** Bytes per element of every dtype the safetensors format defines. */
 const DTYPE_SIZE: Record<string, number> = {

@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import type Sharp from 'sharp';
-import { VggError, argError, checkOptions } from './errors';
-import type { Tensor } from './safetensors';
+import { VggError, argError, checkOptions } from '../errors';
+import type { Tensor } from '../weights/safetensors';
 
 // sharp (libvips) loads on first use: a process that only runs tensors never pays for it.
 let sharpModule: typeof Sharp | undefined;

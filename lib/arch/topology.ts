@@ -1,4 +1,4 @@
-import { VggError, argError } from './errors';
+import { VggError, argError } from '../errors';
 
 /**
  * One entry of a torchvision-style `cfgs` list: a 3x3 conv's width, 'M' for the 2x2/2 max-pool,

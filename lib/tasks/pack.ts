@@ -1,9 +1,9 @@
-import type { Calibration } from './calibration';
-import { VggError, argError, checkOptions } from './errors';
-import { checkLoadOptions, openWeights, startModel } from './model';
-import { native, type Precision } from './native';
-import { writePacked, type PackedHeader } from './packed';
-import type { Head } from './topology';
+import type { Calibration } from '../weights/calibration';
+import { VggError, argError, checkOptions } from '../errors';
+import { checkLoadOptions, openWeights, startModel } from '../engine/model';
+import { native, type Precision } from '../native';
+import { writePacked, type PackedHeader } from '../weights/packed';
+import type { Head } from '../arch/topology';
 
 export interface PackOptions {
   /** 'fp32' (the default), 'bf16' or 'int8' (which needs `calibration`). */

@@ -1,5 +1,5 @@
 import type { RowSource } from './rows';
-import { writeAtomic } from './sink';
+import { writeAtomic } from '../files';
 
 /** One JSON object per line, `{"id": ..., "fc7": [...], ...}`, every blob flattened in row-major order. */
 export function writeJsonl(file: string, rows: RowSource): void {

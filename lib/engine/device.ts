@@ -1,8 +1,8 @@
 import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { VggError, argError, describe } from './errors';
-import { native, type Precision } from './native';
+import { VggError, argError, describe } from '../errors';
+import { native, type Precision } from '../native';
 
 export type { Precision };
 

@@ -3,9 +3,9 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { cacheDir } from './default-weights';
-import { VggError, argError } from './errors';
-import { openWeights } from './model';
-import { presetArch } from './topology';
+import { VggError, argError } from '../errors';
+import { openWeights } from '../engine/model';
+import { presetArch } from '../arch/topology';
 
 /**
  * Pretrained ImageNet weights by torchvision name: timm's copies of torchvision's weights on the

@@ -1,9 +1,9 @@
-import { VggError } from './errors';
+import { VggError } from '../errors';
 import { readF32, type SafetensorsFile } from './safetensors';
 import {
   archLetter, BN_EPSILON, FC6_WINDOW, featureLayers, lastWidth, validateArch,
   type Arch, type CfgItem, type ConvLayer,
-} from './topology';
+} from '../arch/topology';
 
 export type Naming = 'torchvision' | 'timm';
 

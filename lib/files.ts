@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { VggError } from '../errors';
+import { VggError } from './errors';
 
 /** Small writes are gathered into one write syscall per this many bytes. */
 const BUFFER_BYTES = 1 << 20;

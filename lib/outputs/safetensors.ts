@@ -1,5 +1,5 @@
 import { elements, type RowSource } from './rows';
-import { writeAtomic } from './sink';
+import { writeAtomic } from '../files';
 
 /**
  * One F32 tensor [N, ...] per blob, and `__metadata__.ids`, the JSON list of the rows' ids. The

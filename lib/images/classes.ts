@@ -2,7 +2,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 
 // data/ sits two levels above this file once compiled to dist/lib/.
-const IMAGENET_FILE = path.resolve(__dirname, '../../data/imagenet-classes.txt');
+const IMAGENET_FILE = path.resolve(__dirname, '../../../data/imagenet-classes.txt');
 let imagenet: string[] | undefined;
 
 /**

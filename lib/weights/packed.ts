@@ -1,10 +1,10 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Calibration } from './calibration';
-import { VggError } from './errors';
-import { native, type NativePackedWeight, type Precision } from './native';
-import { featureLayers, validateArch, type Arch, type ConvLayer } from './topology';
-import type { Naming } from './weights';
+import { VggError } from '../errors';
+import { native, type NativePackedWeight, type Precision } from '../native';
+import { featureLayers, validateArch, type Arch, type ConvLayer } from '../arch/topology';
+import type { Naming } from './binding';
 
 /**
  * A packed weights file (`vgg pack`): every layer's weights already in the layout this

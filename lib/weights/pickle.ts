@@ -1,4 +1,4 @@
-import { VggError } from './errors';
+import { VggError } from '../errors';
 
 /**
  * The part of Python's pickle protocol that `torch.save(state_dict)` writes (protocol 2 binary

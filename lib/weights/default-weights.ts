@@ -1,11 +1,11 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { VggError } from './errors';
+import { VggError } from '../errors';
 import { mulberry32 } from './random';
 import { encodeHeader } from './safetensors';
-import { FC6_WINDOW, featureLayers, lastWidth, presetArch } from './topology';
-import { archMetadata } from './weights';
+import { FC6_WINDOW, featureLayers, lastWidth, presetArch } from '../arch/topology';
+import { archMetadata } from './binding';
 
 /**
  * Where downloaded and generated weights live: `VGGNET_CACHE`, else `$XDG_CACHE_HOME/vggnet`,

@@ -1,5 +1,5 @@
 import * as yauzl from 'yauzl';
-import { VggError, describe } from './errors';
+import { VggError, describe } from '../errors';
 import { unpickle } from './pickle';
 import { widen16, type Tensor } from './safetensors';
 

@@ -1,5 +1,5 @@
 import type { RowSource } from './rows';
-import { writeAtomic } from './sink';
+import { writeAtomic } from '../files';
 
 /** NPY format 1.0 (numpy.lib.format): magic, version, then a header padded to this alignment. */
 const MAGIC = Buffer.from([0x93, ...Buffer.from('NUMPY'), 1, 0]);

@@ -1,9 +1,9 @@
-import { RangeTracker, type Calibration } from './calibration';
-import { VggError, argError, checkOptions } from './errors';
+import { RangeTracker, type Calibration } from '../weights/calibration';
+import { VggError, argError, checkOptions } from '../errors';
 import type { ExtractSource } from './extract';
-import { loadModel } from './model';
-import type { PreprocessOptions } from './preprocess';
-import type { Tensor } from './safetensors';
+import { loadModel } from '../engine/model';
+import type { PreprocessOptions } from '../images/preprocess';
+import type { Tensor } from '../weights/safetensors';
 
 export interface CalibrateOptions {
   /** Images per run; 8 by default. */

@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import picomatch from 'picomatch';
-import { VggError } from './errors';
+import { VggError } from '../errors';
 
 /** What a folder's images are, by extension (`vgg extract` and `vgg job` read folders alike). */
 export const IMAGE_EXTENSIONS = ['.jpg', '.jpeg', '.png', '.webp', '.gif', '.tif', '.tiff', '.bmp', '.avif'];

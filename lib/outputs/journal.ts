@@ -1,9 +1,9 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { VggError } from '../errors';
-import type { ExtractRecord } from '../extract';
+import type { ExtractRecord } from '../tasks/extract';
 import { elements, type RowSource } from './rows';
-import { ioError, writeAtomic, writeDurably } from './sink';
+import { ioError, writeAtomic, writeDurably } from '../files';
 
 /** Pending batches are committed at once past this size, whatever the time since the last commit. */
 const FLUSH_BYTES = 64 << 20;

@@ -1,8 +1,8 @@
 import * as fs from 'node:fs';
-import { VggError, argError, describe } from './errors';
+import { VggError, argError, describe } from '../errors';
 import type { Tensor } from './safetensors';
-import { featureLayers, type Arch, type CfgItem } from './topology';
-import { writeAtomic } from './writers/sink';
+import { featureLayers, type Arch, type CfgItem } from '../arch/topology';
+import { writeAtomic } from '../files';
 
 /**
  * Activation ranges for int8: the largest value each quantized layer produced on a calibration

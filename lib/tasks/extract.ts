@@ -1,8 +1,8 @@
 import * as os from 'node:os';
-import { VggError, argError, checkOptions } from './errors';
-import type { Model, Outputs } from './model';
-import { preprocess, type PreprocessOptions } from './preprocess';
-import type { Tensor } from './safetensors';
+import { VggError, argError, checkOptions } from '../errors';
+import type { Model, Outputs } from '../engine/model';
+import { preprocess, type PreprocessOptions } from '../images/preprocess';
+import type { Tensor } from '../weights/safetensors';
 
 /** An image: a file path, or the bytes of an encoded image (JPEG, PNG, WebP, ...). */
 export type ImageInput = string | Buffer;
