@@ -4,7 +4,7 @@
 import * as fs from 'node:fs';
 import { createRequire } from 'node:module';
 import * as path from 'node:path';
-import { openWeights } from '../lib/engine/model';
+import { openWeights } from '../lib/weights';
 import { featureLayers } from '../lib/arch/topology';
 
 /** The peer packages live in bench/peer (installed by the bench), not in vggnet's dependencies. */

@@ -46,3 +46,27 @@ export function checkOptions<T extends object>(options: T | undefined, name: str
   }
   return options;
 }
+
+/** Whether `value` is a safe integer of at least `min` (1 by default): for checks of many values at once. */
+export const isInt = (value: unknown, min = 1): value is number => Number.isSafeInteger(value) && (value as number) >= min;
+
+/** An integer from `min` (1 by default) to `max`, or E_ARG naming `name`. */
+export function checkInt(value: unknown, name: string, { min = 1, max = Number.MAX_SAFE_INTEGER }: { min?: number; max?: number } = {}): number {
+  if (!isInt(value, min) || value > max) {
+    const range = max === Number.MAX_SAFE_INTEGER ? (min === 1 ? 'a positive integer' : `an integer of at least ${min}`) : `an integer from ${min} to ${max}`;
+    throw argError(name, range, value);
+  }
+  return value as number;
+}
+
+/** One of `choices`, or E_ARG naming `name` and listing them. */
+export function checkOneOf<T>(value: unknown, name: string, choices: readonly T[]): T {
+  if (!choices.includes(value as T)) throw argError(name, `one of ${choices.join(', ')}`, value);
+  return value as T;
+}
+
+/** A boolean, or E_ARG naming `name`. */
+export function checkBoolean(value: unknown, name: string): boolean {
+  if (typeof value !== 'boolean') throw argError(name, 'a boolean', value);
+  return value;
+}

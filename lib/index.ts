@@ -1,5 +1,7 @@
-export { loadModel, openWeights, Model } from './engine/model';
-export type { LoadOptions, RunOptions, ModelInfo, ModelWeights, Outputs } from './engine/model';
+export { loadModel, Model } from './model';
+export type { LoadOptions, RunOptions, ModelInfo, Outputs } from './engine';
+export { openWeights } from './weights';
+export type { ModelWeights } from './weights';
 export { VggError } from './errors';
 export { calibrate } from './tasks/calibrate';
 export type { CalibrateOptions } from './tasks/calibrate';
@@ -9,7 +11,7 @@ export type { PackOptions, PackResult } from './tasks/pack';
 export { cudaStatus } from './engine/device';
 export type { CudaStatus, Device, Precision } from './engine/device';
 export type { VggErrorCode } from './errors';
-export type { Tensor } from './weights/safetensors';
+export type { Tensor } from './tensor';
 export { preprocess } from './images/preprocess';
 export type { Preset, PreprocessOptions } from './images/preprocess';
 export { classify } from './tasks/classify';

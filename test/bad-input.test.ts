@@ -4,7 +4,7 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { VggError, type VggErrorCode } from '../lib/errors';
-import { loadModel, type Model } from '../lib/engine/model';
+import { loadModel, type Model } from '../lib/model';
 import { editHeader, fixture, joinSafetensors, randomInput, repack, splitSafetensors, tmpDir, writeTemp } from './helpers';
 
 const D = fixture('D.weights.safetensors');

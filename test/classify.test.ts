@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { classNames } from '../lib/images/classes';
 import { classify, type ClassifyOptions } from '../lib/tasks/classify';
 import { VggError } from '../lib/errors';
-import { loadModel, type Model } from '../lib/engine/model';
+import { loadModel, type Model } from '../lib/model';
 import { preprocess } from '../lib/images/preprocess';
 import { fixture, readTensors } from './helpers';
 

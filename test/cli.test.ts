@@ -3,7 +3,7 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { loadModel } from '../lib/engine/model';
+import { loadModel } from '../lib/model';
 import { readF32, readSafetensorsFile, type SafetensorsFile } from '../lib/weights/safetensors';
 
 const fixtures = path.resolve(__dirname, '../../../shared/fixtures');

@@ -4,7 +4,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { cacheDir, defaultWeights } from '../lib/weights/default-weights';
 import type { VggError } from '../lib/errors';
-import { openWeights } from '../lib/engine/model';
+import { openWeights } from '../lib/weights';
 import { countParams } from '../lib/arch/topology';
 import { tmpDir, writeTemp } from './helpers';
 

@@ -5,9 +5,10 @@ import * as path from 'node:path';
 import sharp from 'sharp';
 import { VggError } from '../lib/errors';
 import { extract, type ExtractRecord, type ExtractSource } from '../lib/tasks/extract';
-import { loadModel, type Model } from '../lib/engine/model';
+import { loadModel, type Model } from '../lib/model';
 import { preprocess } from '../lib/images/preprocess';
-import { readF32, readSafetensorsFile, type Tensor } from '../lib/weights/safetensors';
+import { readF32, readSafetensorsFile } from '../lib/weights/safetensors';
+import type { Tensor } from '../lib/tensor';
 import { Journal } from '../lib/outputs/journal';
 import { writeAtomic } from '../lib/files';
 import { fixture, prng, relError, tmpDir } from './helpers';
@@ -361,26 +362,26 @@ describe('extract', function () {
     const job = { batch: 2 };
     const row = (id: string, value: number): ExtractRecord => ({ id, outputs: { fc7: { data: new Float32Array(4).fill(value), shape: [1, 4] } } });
     /** A journal of two chunks, one failed image in the second. */
-    function started(): string {
+    async function started(): Promise<string> {
       const dir = path.join(tmpDir(), 'out.safetensors.partial');
       const journal = Journal.open(dir, ['fc7'], job, false);
-      journal.add([row('a', 1), row('b', 2)]);
-      journal.flush();
-      journal.add([row('c', 3), { id: 'd', error: new VggError('E_IMAGE', 'd: bad') }]);
-      journal.flush();
+      await journal.add([row('a', 1), row('b', 2)]);
+      await journal.flush();
+      await journal.add([row('c', 3), { id: 'd', error: new VggError('E_IMAGE', 'd: bad') }]);
+      await journal.flush();
       return dir;
     }
 
-    it('resumes with the chunks committed', () => {
-      const journal = Journal.open(started(), ['fc7'], job, true);
+    it('resumes with the chunks committed', async () => {
+      const journal = Journal.open(await started(), ['fc7'], job, true);
       assert.deepEqual([journal.items, journal.rows, journal.failed], [4, 3, 1]);
       assert.deepEqual([...journal.itemIds()], ['a', 'b', 'c', 'd']);
       assert.deepEqual([...journal.rowValues()].map((r) => [r.id, r.values.fc7[0]]), [['a', 1], ['b', 2], ['c', 3]]);
     });
 
-    it('says which file of a damaged journal is bad, and to fix it or delete the folder (E_IO)', () => {
+    it('says which file of a damaged journal is bad, and to fix it or delete the folder (E_IO)', async () => {
       for (const [file, content] of [['000000000002.json', 'truncated'], ['000000000002.json', 'null'], ['000000000000.json', '{}'], ['job.json', 'truncated']]) {
-        const dir = started();
+        const dir = await started();
         const damaged = path.join(dir, file);
         fs.writeFileSync(damaged, content === 'truncated' ? fs.readFileSync(damaged).subarray(0, 10) : content);
         for (const resume of file === 'job.json' ? [true, false] : [true]) {

@@ -3,7 +3,7 @@
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import { VggError } from '../lib/errors';
-import { loadModel } from '../lib/engine/model';
+import { loadModel } from '../lib/model';
 import { fixture, prng, randomInput, writeTemp } from './helpers';
 
 const SEED = process.env.FUZZ_SEED !== undefined ? Number(process.env.FUZZ_SEED) : 20240611;

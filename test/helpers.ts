@@ -4,7 +4,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { mulberry32 } from '../lib/weights/random';
-import { readF32, readSafetensorsFile, type Tensor } from '../lib/weights/safetensors';
+import { readF32, readSafetensorsFile } from '../lib/weights/safetensors';
+import type { Tensor } from '../lib/tensor';
 
 /** The read-only PyTorch fixtures (tests compile to dist/test); VGGNET_FIXTURES moves them (the GPU machine). */
 export const FIXTURES = process.env.VGGNET_FIXTURES ?? path.resolve(__dirname, '../../../shared/fixtures');

@@ -5,8 +5,9 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { VggError } from '../lib/errors';
-import { loadModel, type Model, type Outputs } from '../lib/engine/model';
-import type { Tensor } from '../lib/weights/safetensors';
+import { loadModel, type Model } from '../lib/model';
+import type { Outputs } from '../lib/engine';
+import type { Tensor } from '../lib/tensor';
 import { fixture, randomInput, readTensors, relError, tmpDir } from './helpers';
 
 const D = fixture('D.weights.safetensors');
@@ -32,7 +33,7 @@ const gc = async () => {
 
 /** Runs `code` in a fresh node process (a crash there must not take mocha with it). */
 function child(code: string, timeout = 30_000) {
-  const lib = JSON.stringify(path.resolve(__dirname, '../lib/engine/model'));
+  const lib = JSON.stringify(path.resolve(__dirname, '../lib/model'));
   const helpers = JSON.stringify(path.resolve(__dirname, 'helpers'));
   const prelude = `const { loadModel } = require(${lib}); const { fixture, randomInput } = require(${helpers});\n`;
   const r = spawnSync(process.execPath, ['-e', prelude + code], { encoding: 'utf8', timeout });
@@ -238,7 +239,7 @@ describe('lifecycle', function () {
         const { Worker } = require('node:worker_threads');
         const body = \`
           const { parentPort } = require('node:worker_threads');
-          const { loadModel } = require(\${JSON.stringify(require.resolve(${JSON.stringify(path.resolve(__dirname, '../lib/engine/model'))}))});
+          const { loadModel } = require(\${JSON.stringify(require.resolve(${JSON.stringify(path.resolve(__dirname, '../lib/model'))}))});
           const { fixture, randomInput } = require(\${JSON.stringify(require.resolve(${JSON.stringify(path.resolve(__dirname, 'helpers'))}))});
           (async () => {
             const m = await loadModel(fixture('D.weights.safetensors'), { threads: 1 });

@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import sharp from 'sharp';
 import { VggError } from '../lib/errors';
 import { preprocess, type PreprocessOptions } from '../lib/images/preprocess';
-import type { Tensor } from '../lib/weights/safetensors';
+import type { Tensor } from '../lib/tensor';
 import { fixture, readTensors, tmpDir, writeTemp } from './helpers';
 
 const COFFEE = fixture('images/coffee.png');

@@ -6,9 +6,11 @@ import { spawn } from 'node:child_process';
 import * as path from 'node:path';
 import sharp from 'sharp';
 import Fastify, { type FastifyInstance } from 'fastify';
-import { loadModel, type Model, type Outputs, type RunOptions } from '../lib/engine/model';
+import { loadModel, type Model } from '../lib/model';
+import type { Outputs, RunOptions } from '../lib/engine';
 import { preprocess } from '../lib/images/preprocess';
-import { parseSafetensors, readF32, type Tensor } from '../lib/weights/safetensors';
+import { parseSafetensors, readF32 } from '../lib/weights/safetensors';
+import type { Tensor } from '../lib/tensor';
 import { createServer, vggnetPlugin, type ServeModel, type ServeOptions } from '../lib/serve';
 
 const FIXTURES = process.env.VGGNET_FIXTURES ?? path.resolve(__dirname, '../../../shared/fixtures');

@@ -37,8 +37,7 @@ async function run(flags: CalibrateFlags): Promise<void> {
   const started = performance.now();
   const samples = flags.input !== undefined ? readInput(flags.input, flags.key) : (await imageList(flags.images!))();
   const calibration = await calibrate(flags.weights, samples, {
-    batchSize: flags.batch,
-    ...(flags.threads !== undefined ? { threads: flags.threads } : {}),
+    batchSize: flags.batch, threads: flags.threads,
     preprocess: { preset: flags.preset, size: flags.size, crop: flags.crop },
   });
   writeCalibration(flags.out, calibration);

@@ -2,7 +2,7 @@ import { Command, Option } from 'commander';
 import { DENSE_SCALES, type Prediction } from '../tasks/classify';
 import { defaultWeights } from '../weights/default-weights';
 import { VggError } from '../errors';
-import { loadModel } from '../engine/model';
+import { loadModel } from '../model';
 import { PRESETS, type Preset } from '../images/preprocess';
 import { type EngineFlags, engineOptions, engineSettings, positiveInt, positiveIntList, reportError } from './common';
 

@@ -2,8 +2,9 @@ import { Command, CommanderError, InvalidArgumentError, Option } from 'commander
 import type { Device, Precision } from '../engine/device';
 import { PRESETS } from '../images/preprocess';
 import { VggError } from '../errors';
-import { readF32, readSafetensorsFile, type Tensor } from '../weights/safetensors';
-import type { LoadOptions } from '../engine/model';
+import { readF32, readSafetensorsFile } from '../weights/safetensors';
+import type { Tensor } from '../tensor';
+import type { LoadOptions } from '../engine';
 
 /**
  * Prints the one line a failed command leaves on stderr, `vgg: E_CODE: message`, and sets exit

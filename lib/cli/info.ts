@@ -1,6 +1,7 @@
 import { Command } from 'commander';
 import { VggError } from '../errors';
-import { archInfo, openWeights, type ModelInfo } from '../engine/model';
+import { archInfo, type ModelInfo } from '../engine';
+import { openWeights } from '../weights';
 import { layerTable, presetArch, type LayerRow } from '../arch/topology';
 import { imageSize, thousands } from './common';
 

@@ -51,10 +51,7 @@ async function run(flags: PackFlags): Promise<void> {
   const started = performance.now();
   const shapes = flags.batch.flatMap((n) => flags.size.flatMap(([h, w]) => flags.head.map((head): [number, number, number, Head] => [n, h, w, head])));
   const r = await packWeights(flags.weights, flags.out, {
-    precision: flags.precision, shapes,
-    ...(flags.winograd ? { winograd: true } : {}),
-    ...(flags.calibration !== undefined ? { calibration: flags.calibration } : {}),
-    ...(flags.threads !== undefined ? { threads: flags.threads } : {}),
+    precision: flags.precision, shapes, winograd: flags.winograd, calibration: flags.calibration, threads: flags.threads,
   });
   const mb = (r.bytes / 1e6).toFixed(1);
   process.stderr.write(`vgg pack: ${r.header.precision}${r.header.winograd ? ' Winograd' : ''} for oneDNN ${r.header.onednn} on ${r.header.isa}, ${r.layouts} layouts, ${mb} MB -> ${flags.out} in ${((performance.now() - started) / 1000).toFixed(1)} s\n`);

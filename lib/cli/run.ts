@@ -1,6 +1,6 @@
 import { Command, Option } from 'commander';
 import { VggError } from '../errors';
-import { loadModel } from '../engine/model';
+import { loadModel } from '../model';
 import { writeSafetensors } from '../weights/safetensors';
 import type { Head } from '../arch/topology';
 import { type EngineFlags, commaList, engineOptions, engineSettings, readInput } from './common';

@@ -1,6 +1,6 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { defaultWeights } from '../weights/default-weights';
-import { loadModel } from '../engine/model';
+import { loadModel } from '../model';
 import { PRESETS, type Preset } from '../images/preprocess';
 import { createServer } from '../serve/server';
 import { VggError } from '../errors';

@@ -1,42 +1,12 @@
-import * as fs from 'node:fs';
-import * as os from 'node:os';
-import { classify, type ClassifyOptions, type Prediction } from '../tasks/classify';
-import { VggError, argError, checkOptions, describe } from '../errors';
-import { extract, type ExtractOptions, type ExtractRecord, type ExtractSource } from '../tasks/extract';
-import { backendError, checkPrecision, cudaIndex, cudaLibraryDirs, type Device, type Precision } from './device';
-import { loadCalibration, outScale, type Calibration } from '../weights/calibration';
-import { native, type NativeExecutor, type NativeFeatureOp, type NativePlan } from '../native';
-import { isPacked, readPacked, type PackedWeights } from '../weights/packed';
-import { parseSafetensors, type Tensor } from '../weights/safetensors';
-import { blobNames, countParams, FC6_WINDOW, featureLayers, inferShapes, lastWidth, LRN, type Arch, type CfgItem, type Head } from '../arch/topology';
-import { bindWeights, type Naming } from '../weights/binding';
-
-export interface LoadOptions {
-  /** The head `run` uses unless told otherwise: 'fixed' (torchvision) or 'dense' (the paper's). */
-  head?: Head;
-  /** oneDNN threads for this model; all cores by default. */
-  threads?: number;
-  /** 'cpu' (oneDNN, the default), 'cuda' or 'cuda:N' (cuDNN and cuBLASLt). */
-  device?: Device;
-  /**
-   * 'fp32' (the default), 'bf16' or 'int8' on the CPU; 'fp32', 'bf16' or 'fp16' on a GPU.
-   * Blobs are float32 either way. A packed file's precision is its own.
-   */
-  precision?: Precision;
-  /** CPU fp32: Winograd convolutions for the 3x3 layers (faster, about 1e-4 relative error). */
-  winograd?: boolean;
-  /** int8: the activation ranges `vgg calibrate` measured, as its file's path or its content. */
-  calibration?: string | Calibration;
-}
-
-/** A weights file bound to its architecture; a packed file's weights are in `packed` instead. */
-export interface ModelWeights {
-  arch: Arch;
-  naming: Naming;
-  convs: { weight: Float32Array | null; bias: Float32Array }[];
-  fc: [{ weight: Float32Array | null; bias: Float32Array }, { weight: Float32Array | null; bias: Float32Array }, { weight: Float32Array | null; bias: Float32Array }];
-  packed?: PackedWeights;
-}
+import { VggError, argError, checkBoolean, checkOneOf, checkOptions, describe, isInt } from '../errors';
+import { blobNames, countParams, inferShapes, type Arch, type CfgItem, type Head } from '../arch/topology';
+import { native, type NativeExecutor } from '../native';
+import type { Tensor } from '../tensor';
+import type { Calibration } from '../weights/calibration';
+import type { Naming } from '../weights/binding';
+import type { ModelWeights } from '../weights/open';
+import { backendError, type Device, type Precision } from './device';
+import { buildPlan } from './plan';
 
 export interface RunOptions {
   /** Blob names to return; ['prob'] by default. */
@@ -66,107 +36,23 @@ export function archInfo(a: Arch, naming?: Naming): ModelInfo {
 
 export type Outputs = Record<string, Tensor>;
 
-const HEADS: Head[] = ['fixed', 'dense'];
+const HEADS: readonly Head[] = ['fixed', 'dense'];
 
-function checkHead(value: unknown, name: string): Head {
-  if (!HEADS.includes(value as Head)) throw argError(name, `one of ${HEADS.join(', ')}`, value);
-  return value as Head;
+export const checkHead = (value: unknown, name: string): Head => checkOneOf(value, name, HEADS);
+
+/** What an engine is built with: the load options, checked and resolved. */
+export interface EngineSettings {
+  head: Head; threads: number; device: Device; precision: Precision; winograd: boolean; calibration?: Calibration;
+  cudaDevice: number; libraryDirs: string[];
 }
 
-/**
- * Loads a VGG from a safetensors file (torchvision or timm names, F32/F16/BF16) or a packed
- * file, mapped into memory rather than read. The returned model runs on its own native thread.
- */
-export async function loadModel(file: string, options?: LoadOptions): Promise<Model> {
-  const settings = checkLoadOptions(options);  // before the file, so a bad option fails fast
-  return startModel(file, await openWeights(file), settings);
+/** What the applications (classify, extract, the server's batcher) need of a model: it runs batches. */
+export interface Runner {
+  readonly info: ModelInfo;
+  run(input: Tensor, options?: RunOptions): Promise<Outputs>;
 }
 
-type LoadSettings = ReturnType<typeof checkLoadOptions>;
-
-/** The options that do not depend on the weights file, checked. */
-export function checkLoadOptions(options: LoadOptions | undefined) {
-  const opts = checkOptions(options as LoadOptions | undefined, 'options', ['head', 'threads', 'device', 'precision', 'winograd', 'calibration']);
-  const head = checkHead(opts.head ?? 'fixed', 'options.head');
-  const threads = opts.threads ?? os.availableParallelism();
-  if (!Number.isSafeInteger(threads) || threads < 1 || threads > 1024) throw argError('options.threads', 'an integer from 1 to 1024', opts.threads);
-  if (opts.winograd !== undefined && typeof opts.winograd !== 'boolean') throw argError('options.winograd', 'a boolean', opts.winograd);
-  const device = opts.device ?? 'cpu';
-  return { ...opts, head, threads, device, cudaDevice: cudaIndex(device) };
-}
-
-/** loadModel on weights already opened (vgg pack reads their biases as well). */
-export async function startModel(file: string, weights: ModelWeights, opts: LoadSettings): Promise<Model> {
-  const { head, threads, device, cudaDevice } = opts;
-  const packed = weights.packed?.header;
-  if (packed && cudaDevice >= 0) throw new VggError('E_ARG', `${file} is a packed file, which only the CPU backend reads; load the original weights for device ${device}`);
-  const precision = checkPrecision(opts.precision ?? packed?.precision ?? 'fp32', cudaDevice >= 0);
-  const winograd = opts.winograd ?? packed?.winograd ?? false;
-  if (winograd && (precision !== 'fp32' || cudaDevice >= 0)) throw new VggError('E_ARG', `options.winograd is for fp32 on the CPU, not ${precision} on ${device}`);
-  if (packed && (precision !== packed.precision || winograd !== packed.winograd)) {
-    const mode = (p: string, w: boolean) => `${p}${w ? ' with Winograd' : ''}`;
-    throw new VggError('E_ARG', `${file} was packed for ${mode(packed.precision, packed.winograd)}, not ${mode(precision, winograd)}; pack it again with those options or load the original weights`);
-  }
-  let calibration: Calibration | undefined;
-  if (precision === 'int8') {
-    if (opts.calibration === undefined && !packed) {
-      throw new VggError('E_ARG', `int8 needs activation ranges: make them with \`vgg calibrate --weights ${file} --input SAMPLES.safetensors --out ${file.replace(/\.safetensors$/, '')}.calib.json\` (or --images DIR) and pass { calibration: 'that file' }`);
-    }
-    calibration = loadCalibration(opts.calibration ?? packed!.calibration, weights.arch);
-  } else if (opts.calibration !== undefined) {
-    throw new VggError('E_ARG', `options.calibration is for int8, not ${precision}`);
-  }
-  if (precision === 'bf16' && cudaDevice < 0) warnIfBf16Emulated();
-  const libraryDirs = cudaDevice >= 0 ? await cudaLibraryDirs() : [];
-  const model = new Model(weights, { head, threads, device, precision, winograd, calibration, cudaDevice, libraryDirs });
-  await model.started();
-  return model;
-}
-
-let bf16Warned = false;
-
-/** bf16 is a speed choice; where the CPU has no bf16 arithmetic, oneDNN emulates it, slower than fp32. */
-function warnIfBf16Emulated(): void {
-  const isa = native().versions().isa ?? '';
-  if (bf16Warned || /bf16|amx/.test(isa)) return;
-  bf16Warned = true;
-  process.emitWarning(`this CPU (oneDNN ISA ${isa}) has no bf16 arithmetic (avx512_bf16 or AMX): oneDNN emulates it, and bf16 runs slower than fp32 here`, { code: 'VGGNET_BF16_EMULATED' });
-}
-
-/**
- * Maps a weights file (safetensors, or packed by `vgg pack`) and binds it to its architecture,
- * validating every tensor, without starting an executor: what `loadModel` and `vgg info` share.
- */
-export async function openWeights(file: string): Promise<ModelWeights> {
-  if (typeof file !== 'string' || file.length === 0) throw argError('path', 'a weights file path', file);
-  let stat: fs.Stats;
-  try {
-    stat = await fs.promises.stat(file);
-  } catch (e) {
-    throw new VggError('E_IO', `cannot read weights file ${file}: ${(e as Error).message}`, { cause: e });
-  }
-  if (!stat.isFile()) throw new VggError('E_IO', `weights file ${file} is not a regular file`);
-  if (stat.size < 8) throw new VggError('E_WEIGHTS_FORMAT', `${file}: not a valid safetensors file: file is ${stat.size} bytes, shorter than the 8-byte header length`);
-  let mapped: ArrayBuffer;
-  try {
-    mapped = native().mapFile(file);
-  } catch (e) {
-    if (e instanceof VggError) throw e;
-    throw new VggError('E_IO', `cannot map weights file ${file}: ${(e as Error).message}`, { cause: e });
-  }
-  const bytes = new Uint8Array(mapped);
-  if (isPacked(bytes)) {
-    const packed = readPacked(bytes, file);
-    const { arch, naming } = packed.header;
-    const layer = (i: number) => ({ weight: null, bias: packed.biases[i] });
-    const convs = featureLayers(arch).filter((l) => l.kind === 'conv').map((_, i) => layer(i));
-    const fc: ModelWeights['fc'] = [layer(convs.length), layer(convs.length + 1), layer(convs.length + 2)];
-    return { arch, naming, convs, fc, packed };
-  }
-  return bindWeights(parseSafetensors(bytes, file));
-}
-
-export class Model {
+export class Engine {
   readonly info: ModelInfo;
   readonly head: Head;
   readonly threads: number;
@@ -180,10 +66,7 @@ export class Model {
   #arch: Arch;
 
   /** Use loadModel(). */
-  constructor(weights: ModelWeights, settings: {
-    head: Head; threads: number; device: Device; precision: Precision; winograd: boolean; calibration?: Calibration;
-    cudaDevice: number; libraryDirs: string[];
-  }) {
+  constructor(weights: ModelWeights, settings: EngineSettings) {
     const { head, threads, device, precision, winograd, calibration, cudaDevice, libraryDirs } = settings;
     this.info = archInfo(weights.arch, weights.naming);
     this.head = head;
@@ -247,8 +130,7 @@ export class Model {
     if (this.#disposed) throw new VggError('E_DISPOSED', 'this model was disposed; load it again to run it');
     const opts = checkOptions(options as RunOptions | undefined, 'options', ['outputs', 'head', 'flip']);
     const head = checkHead(opts.head ?? this.head, 'options.head');
-    if (opts.flip !== undefined && typeof opts.flip !== 'boolean') throw argError('options.flip', 'a boolean', opts.flip);
-    const flip = opts.flip ?? false;
+    const flip = opts.flip === undefined ? false : checkBoolean(opts.flip, 'options.flip');
     const [n, , h, w] = checkInput(input);
     const names = this.blobNames(head);
     const outputs = checkOutputs(opts.outputs ?? ['prob'], names);
@@ -273,16 +155,6 @@ export class Model {
     }
     if (flip) out.prob = { data: meanOfHalves(captures[wanted.indexOf('prob')][1]), shape: [n, this.info.classes] };
     return out;
-  }
-
-  /** The most probable classes of an image file or buffer: see classify(). */
-  classify(image: string | Buffer, options?: ClassifyOptions): Promise<Prediction[]> {
-    return classify(this, image, options);
-  }
-
-  /** Features of a stream of images, in input order, with decoding overlapping inference: see extract(). */
-  extract(source: ExtractSource, options?: ExtractOptions): AsyncGenerator<ExtractRecord, void, undefined> {
-    return extract(this, source, options);
   }
 
   /** Finishes queued runs, then frees the native thread, primitives and weights. */
@@ -311,7 +183,7 @@ function checkInput(input: Tensor): number[] {
   if (buffer.resizable || buffer.growable || (typeof SharedArrayBuffer !== 'undefined' && buffer instanceof SharedArrayBuffer)) {
     throw argError('input.data', 'a Float32Array over a plain, fixed-length ArrayBuffer', data);
   }
-  if (!Array.isArray(shape) || shape.length !== 4 || !shape.every((v) => Number.isSafeInteger(v) && v > 0)) {
+  if (!Array.isArray(shape) || shape.length !== 4 || !shape.every((v) => isInt(v))) {
     throw new VggError('E_SHAPE', `Expected input.shape to be [n, 3, h, w] of positive integers but received ${Array.isArray(shape) ? JSON.stringify(shape) : describe(shape)}`);
   }
   if (shape[1] !== 3) throw new VggError('E_SHAPE', `Expected input.shape[1] (channels) to be 3 but received ${shape[1]}`);
@@ -346,27 +218,4 @@ function meanOfHalves(prob: Float32Array): Float32Array {
   const out = new Float32Array(half);
   for (let i = 0; i < half; i++) out[i] = (prob[i] + prob[half + i]) / 2;
   return out;
-}
-
-/** The network for the addon: every layer in order with its weights (and int8 ranges), already checked. */
-function buildPlan(weights: ModelWeights, calibration?: Calibration): Pick<NativePlan, 'lastC' | 'features' | 'fc'> {
-  let conv = 0;
-  const scale = (blob: string) => (calibration ? { outScale: outScale(calibration, blob) } : {});
-  const features = featureLayers(weights.arch).map((l): NativeFeatureOp => {
-    if (l.kind === 'pool') return { kind: 'pool' };
-    if (l.kind === 'lrn') return { kind: 'lrn', ...LRN, ...scale(l.name) };
-    return { kind: 'conv', kernel: l.kernel, inC: l.inC, outC: l.outC, ...weights.convs[conv++], ...scale(l.name) };
-  });
-  const c = lastWidth(weights.arch);
-  const [fc6, fc7, fc8] = weights.fc;
-  const { fcHidden, classes } = weights.arch;
-  return {
-    lastC: c,
-    features,
-    fc: [
-      { inF: c * FC6_WINDOW * FC6_WINDOW, outF: fcHidden, ...fc6, ...scale('fc6') },
-      { inF: fcHidden, outF: fcHidden, ...fc7, ...scale('fc7') },
-      { inF: fcHidden, outF: classes, ...fc8 },
-    ],
-  };
 }

@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import type Sharp from 'sharp';
-import { VggError, argError, checkOptions } from '../errors';
-import type { Tensor } from '../weights/safetensors';
+import { VggError, argError, checkInt, checkOneOf, checkOptions, isInt } from '../errors';
+import type { Tensor } from '../tensor';
 
 // sharp (libvips) loads on first use: a process that only runs tensors never pays for it.
 let sharpModule: typeof Sharp | undefined;
@@ -75,20 +75,15 @@ export async function preprocess(image: string | Buffer, options?: PreprocessOpt
 /** Options with defaults filled in; every value checked, unknown keys refused. */
 function checkPreprocessOptions(options: PreprocessOptions | undefined): Required<PreprocessOptions> {
   const opts = checkOptions(options, 'options', ['preset', 'size', 'crop', 'maxPixels']);
-  const preset = opts.preset ?? 'torchvision';
-  if (!PRESETS.includes(preset)) throw argError('options.preset', `one of ${PRESETS.join(', ')}`, preset);
-  const size = opts.size ?? 256;
-  if (!isPositiveInt(size)) throw argError('options.size', 'a positive integer', size);
+  const preset = checkOneOf(opts.preset ?? 'torchvision', 'options.preset', PRESETS);
+  const size = checkInt(opts.size ?? 256, 'options.size');
   const crop = opts.crop ?? 224;
-  if (crop !== false && !isPositiveInt(crop)) throw argError('options.crop', 'a positive integer or false', crop);
+  if (crop !== false && !isInt(crop)) throw argError('options.crop', 'a positive integer or false', crop);
   // torchvision would pad a crop larger than the image with zeros; a network input of mostly padding is a mistake.
   if (crop !== false && crop > size) throw new VggError('E_ARG', `Expected options.crop (${crop}) to be at most options.size (${size})`);
-  const maxPixels = opts.maxPixels ?? 100e6;
-  if (!isPositiveInt(maxPixels)) throw argError('options.maxPixels', 'a positive integer', maxPixels);
+  const maxPixels = checkInt(opts.maxPixels ?? 100e6, 'options.maxPixels');
   return { preset, size, crop, maxPixels };
 }
-
-const isPositiveInt = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) > 0;
 
 /**
  * The whole image as oriented 8-bit RGB, interleaved. Decoding is a pass of its own because

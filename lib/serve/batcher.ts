@@ -1,6 +1,6 @@
-import { VggError } from '../errors';
-import type { Outputs, RunOptions } from '../engine/model';
-import type { Tensor } from '../weights/safetensors';
+import { VggError, checkInt } from '../errors';
+import type { Outputs, RunOptions } from '../engine';
+import type { Tensor } from '../tensor';
 
 /** What the batcher needs of a model: model.run (a Model, or a wrapper around one). */
 export interface BatchRunner {
@@ -58,9 +58,9 @@ export class Batcher {
 
   constructor(runner: BatchRunner, options: BatcherOptions = {}) {
     this.#runner = runner;
-    this.maxBatch = checkCount(options.maxBatch ?? 32, 'maxBatch', 1);
-    this.maxDelayMs = checkCount(options.maxDelayMs ?? 5, 'maxDelayMs', 0);
-    this.maxQueue = checkCount(options.maxQueue ?? 256, 'maxQueue', 1);
+    this.maxBatch = checkInt(options.maxBatch ?? 32, 'maxBatch');
+    this.maxDelayMs = checkInt(options.maxDelayMs ?? 5, 'maxDelayMs', { min: 0 });
+    this.maxQueue = checkInt(options.maxQueue ?? 256, 'maxQueue');
     this.#onBatch = options.onBatch;
     this.#onQueueDepth = options.onQueueDepth;
   }
@@ -175,11 +175,4 @@ export class Batcher {
       j.resolve(mine);
     });
   }
-}
-
-function checkCount(value: number, name: string, min: number): number {
-  if (!Number.isSafeInteger(value) || value < min) {
-    throw new VggError('E_ARG', `Expected an integer ≥ ${min} for ${name} but received ${String(value)}`);
-  }
-  return value;
 }

@@ -1,11 +1,11 @@
 import type { FastifyError, FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest, FastifyServerOptions } from 'fastify';
-import type Sharp from 'sharp';
 import type { Registry } from 'prom-client';
 import { classify } from '../tasks/classify';
-import { VggError, type VggErrorCode } from '../errors';
-import type { Model, Outputs } from '../engine/model';
+import { VggError, checkInt, checkOneOf, type VggErrorCode } from '../errors';
+import type { Engine, Outputs, Runner } from '../engine';
 import { preprocess, PRESETS, type Preset } from '../images/preprocess';
-import { encodeSafetensors, type Tensor } from '../weights/safetensors';
+import { encodeSafetensors } from '../weights/safetensors';
+import type { Tensor } from '../tensor';
 import { Batcher } from './batcher';
 import { ServeMetrics } from './metrics';
 
@@ -14,8 +14,8 @@ import { ServeMetrics } from './metrics';
 const fastify = (): typeof import('fastify').default => require('fastify');
 const multipart = (): typeof import('@fastify/multipart').default => require('@fastify/multipart');
 
-/** What the server needs of a model: a Model, or anything that runs like one. */
-export type ServeModel = Pick<Model, 'run' | 'info' | 'blobNames'>;
+/** What the server needs of a model: a Model, or anything that runs like one and names its blobs. */
+export type ServeModel = Runner & Pick<Engine, 'blobNames'>;
 
 export interface ServeOptions {
   /** Most images in one engine batch; 32 by default. */
@@ -77,11 +77,8 @@ export class VggnetService {
       warmup: o.warmup ?? batchSizes(o.maxBatch ?? 32),
       retryAfterS: o.retryAfterS ?? 1,
     };
-    for (const key of ['timeoutMs', 'bodyLimit', 'maxPixels', 'retryAfterS'] as const) {
-      const v = this.options[key];
-      if (!Number.isSafeInteger(v) || v < 1) throw new VggError('E_ARG', `Expected a positive integer for ${key} but received ${String(v)}`);
-    }
-    if (!PRESETS.includes(this.options.preset)) throw new VggError('E_ARG', `Expected one of ${PRESETS.join(', ')} for preset but received ${String(this.options.preset)}`);
+    for (const key of ['timeoutMs', 'bodyLimit', 'maxPixels', 'retryAfterS'] as const) checkInt(this.options[key], key);
+    checkOneOf(this.options.preset, 'preset', PRESETS);
     this.metrics = new ServeMetrics(options.registry);
     const metrics = this.metrics;
     this.batcher = new Batcher({
@@ -241,17 +238,16 @@ export const vggnetPlugin: FastifyPluginAsync<VggnetPluginOptions> = async (app,
   app.post('/v1/classify', async (request, reply) => {
     const top = parseTop((request.query as Record<string, unknown>).top, model.info.classes);
     const image = await imageBody(request);
-    const classes = await runImage(reply, image, async (img, signal) => {
-      await checkPixels(img, maxPixels);
+    const classes = await runImage(reply, image, (img, signal) => {
       // classify() itself, with its model.run going through the batcher.
-      const batched = {
+      const batched: Runner = {
         info: model.info,
-        run: (input: Tensor, runOptions?: { outputs?: string[] }) => {
+        run: (input, runOptions) => {
           signal.throwIfAborted();
           return service.batcher.submit(input, { outputs: runOptions?.outputs ?? ['prob'], signal });
         },
-      } as unknown as Model;
-      return classify(batched, img, { top, preset });
+      };
+      return classify(batched, img, { top, preset, maxPixels });
     });
     return { classes };
   });
@@ -361,20 +357,6 @@ function parseTop(value: unknown, classes: number): number {
     throw new VggError('E_ARG', `Expected top to be an integer from 1 to ${classes} but received ${JSON.stringify(String(value).slice(0, 60))}`);
   }
   return n;
-}
-
-let sharpModule: typeof Sharp | undefined;
-/** Reads only the header: an image of more than maxPixels is refused before it is decoded. */
-async function checkPixels(image: Buffer, maxPixels: number): Promise<void> {
-  sharpModule ??= require('sharp') as typeof Sharp;
-  let meta: { width?: number; height?: number };
-  try {
-    meta = await sharpModule(image).metadata();
-  } catch (e) {
-    throw new VggError('E_IMAGE', `cannot decode image buffer of ${image.length} bytes: ${(e as Error).message}`, { cause: e });
-  }
-  const pixels = (meta.width ?? 0) * (meta.height ?? 0);
-  if (pixels > maxPixels) throw new VggError('E_IMAGE', `image (${meta.width}x${meta.height}) exceeds the pixel limit of ${maxPixels}`);
 }
 
 /** The promise, or the signal's reason as soon as it aborts. */

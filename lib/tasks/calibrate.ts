@@ -1,9 +1,9 @@
 import { RangeTracker, type Calibration } from '../weights/calibration';
-import { VggError, argError, checkOptions } from '../errors';
-import type { ExtractSource } from './extract';
-import { loadModel } from '../engine/model';
+import { VggError, argError, checkInt, checkOptions } from '../errors';
+import { extract, type ExtractSource } from './extract';
+import { Engine, loadEngine } from '../engine';
 import type { PreprocessOptions } from '../images/preprocess';
-import type { Tensor } from '../weights/safetensors';
+import type { Tensor } from '../tensor';
 
 export interface CalibrateOptions {
   /** Images per run; 8 by default. */
@@ -23,10 +23,9 @@ export interface CalibrateOptions {
  */
 export async function calibrate(weights: string, samples: Tensor | ExtractSource, options?: CalibrateOptions): Promise<Calibration> {
   const opts = checkOptions(options, 'options', ['batchSize', 'threads', 'preprocess', 'onProgress']);
-  const batchSize = opts.batchSize ?? 8;
-  if (!Number.isSafeInteger(batchSize) || batchSize < 1) throw argError('options.batchSize', 'a positive integer', opts.batchSize);
+  const batchSize = checkInt(opts.batchSize ?? 8, 'options.batchSize');
   if (opts.onProgress !== undefined && typeof opts.onProgress !== 'function') throw argError('options.onProgress', 'a function', opts.onProgress);
-  const model = await loadModel(weights, { precision: 'fp32', ...(opts.threads !== undefined ? { threads: opts.threads } : {}) });
+  const model = await loadEngine(weights, { precision: 'fp32', threads: opts.threads }, Engine);
   try {
     const tracker = new RangeTracker(model.info);
     const outputs = tracker.blobs;
@@ -38,7 +37,7 @@ export async function calibrate(weights: string, samples: Tensor | ExtractSource
         measured(batch.shape[0]);
       }
     } else {
-      for await (const record of model.extract(samples, { outputs, batchSize, onError: 'throw', ...(opts.preprocess ? { preprocess: opts.preprocess } : {}) })) {
+      for await (const record of extract(model, samples, { outputs, batchSize, onError: 'throw', ...(opts.preprocess ? { preprocess: opts.preprocess } : {}) })) {
         await tracker.add(record.outputs!);
         measured(1);
       }

@@ -1,6 +1,6 @@
 import { classNames } from '../images/classes';
-import { VggError, argError, checkOptions } from '../errors';
-import type { Model } from '../engine/model';
+import { VggError, argError, checkBoolean, checkInt, checkOptions, isInt } from '../errors';
+import type { Runner } from '../engine';
 import { preprocess, type Preset } from '../images/preprocess';
 
 export interface ClassifyOptions {
@@ -13,6 +13,8 @@ export interface ClassifyOptions {
   /** Also average the posteriors of the horizontally mirrored image. */
   flip?: boolean;
   preset?: Preset;
+  /** Images with more pixels are E_IMAGE, checked from the header before decoding: see preprocess(). */
+  maxPixels?: number;
 }
 
 export interface Prediction {
@@ -28,31 +30,29 @@ export const DENSE_SCALES: readonly number[] = [256, 384, 512];
  * 256, center crop 224, fixed head. With `dense`, the paper's (section 3.2): the whole image at
  * each scale Q through the dense head, class posteriors averaged over space, then over scales.
  */
-export async function classify(model: Model, image: string | Buffer, options?: ClassifyOptions): Promise<Prediction[]> {
-  const { top, dense, scales, flip, preset } = checkClassifyOptions(options);
+export async function classify(model: Runner, image: string | Buffer, options?: ClassifyOptions): Promise<Prediction[]> {
+  const { top, dense, scales, flip, preset, maxPixels } = checkClassifyOptions(options);
   const runs = dense
     ? scales.map((size) => ({ crop: false as const, size, head: 'dense' as const }))
     : [{ head: 'fixed' as const }];
   const probs = await Promise.all(runs.map(async ({ head, ...geometry }) => {
-    const input = await preprocess(image, { preset, ...geometry });
+    const input = await preprocess(image, { preset, maxPixels, ...geometry });
     return (await model.run(input, { outputs: ['prob'], head, flip })).prob.data;
   }));
   return mostProbable(mean(probs), top, classNames(model.info.classes));
 }
 
 function checkClassifyOptions(options: ClassifyOptions | undefined) {
-  const opts = checkOptions(options, 'options', ['top', 'dense', 'scales', 'flip', 'preset']);
-  const top = opts.top ?? 5;
-  if (!Number.isSafeInteger(top) || top < 1) throw argError('options.top', 'a positive integer', top);
-  const dense = opts.dense ?? false;
-  if (typeof dense !== 'boolean') throw argError('options.dense', 'a boolean', dense);
+  const opts = checkOptions(options, 'options', ['top', 'dense', 'scales', 'flip', 'preset', 'maxPixels']);
+  const top = checkInt(opts.top ?? 5, 'options.top');
+  const dense = checkBoolean(opts.dense ?? false, 'options.dense');
   if (opts.scales !== undefined && !dense) throw new VggError('E_ARG', 'options.scales applies only with options.dense: true');
   const scales = opts.scales ?? DENSE_SCALES;
-  if (!Array.isArray(scales) || scales.length === 0 || !scales.every((q) => Number.isSafeInteger(q) && q > 0)) {
+  if (!Array.isArray(scales) || scales.length === 0 || !scales.every((q) => isInt(q))) {
     throw argError('options.scales', 'a non-empty array of positive integers', scales);
   }
-  // flip and preset are checked by model.run and preprocess, which name them the same way.
-  return { top, dense, scales, flip: opts.flip, preset: opts.preset };
+  // flip, preset and maxPixels are checked by model.run and preprocess, which name them the same way.
+  return { top, dense, scales, flip: opts.flip, preset: opts.preset, maxPixels: opts.maxPixels };
 }
 
 /** Element-wise mean of equal-length vectors. */

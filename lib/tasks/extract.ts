@@ -1,8 +1,8 @@
 import * as os from 'node:os';
-import { VggError, argError, checkOptions } from '../errors';
-import type { Model, Outputs } from '../engine/model';
+import { VggError, argError, checkInt, checkOneOf, checkOptions } from '../errors';
+import type { Outputs, Runner } from '../engine';
 import { preprocess, type PreprocessOptions } from '../images/preprocess';
-import type { Tensor } from '../weights/safetensors';
+import type { Tensor } from '../tensor';
 
 /** An image: a file path, or the bytes of an encoded image (JPEG, PNG, WebP, ...). */
 export type ImageInput = string | Buffer;
@@ -48,12 +48,11 @@ const ON_ERROR = ['record', 'throw'] as const;
  * stream with that error whatever `onError` says, as nothing after it can be read; but first come
  * the records of every item it gave before failing, in order, as they would have without it.
  */
-export function extract(model: Model, source: ExtractSource, options?: ExtractOptions): AsyncGenerator<ExtractRecord, void, undefined> {
+export function extract(model: Runner, source: ExtractSource, options?: ExtractOptions): AsyncGenerator<ExtractRecord, void, undefined> {
   const opts = checkOptions(options, 'options', ['outputs', 'batchSize', 'preprocess', 'onError', 'concurrency']);
-  const batchSize = checkCount(opts.batchSize ?? 32, 'options.batchSize');
-  const concurrency = checkCount(opts.concurrency ?? os.availableParallelism(), 'options.concurrency');
-  const onError = opts.onError ?? 'record';
-  if (!ON_ERROR.includes(onError)) throw argError('options.onError', `one of ${ON_ERROR.join(', ')}`, onError);
+  const batchSize = checkInt(opts.batchSize ?? 32, 'options.batchSize');
+  const concurrency = checkInt(opts.concurrency ?? os.availableParallelism(), 'options.concurrency');
+  const onError = checkOneOf(opts.onError ?? 'record', 'options.onError', ON_ERROR);
   if (!isImage(source) && !isIterable(source)) throw argError('source', 'an image path, a Buffer, or an (async) iterable of them', source);
   // outputs and preprocess are checked where they are used, by model.run and preprocess(), with their own messages.
   const runOptions = { outputs: opts.outputs ?? ['fc7'] };
@@ -78,11 +77,6 @@ interface Decoded { id: string; tensor?: Tensor; error?: VggError }
 const isImage = (v: unknown): v is ImageInput => (typeof v === 'string' && v.length > 0) || Buffer.isBuffer(v);
 const isIterable = (v: unknown): v is Iterable<unknown> | AsyncIterable<unknown> =>
   typeof v === 'object' && v !== null && (Symbol.iterator in v || Symbol.asyncIterator in v);
-
-function checkCount(value: unknown, name: string): number {
-  if (!Number.isSafeInteger(value) || (value as number) < 1) throw argError(name, 'a positive integer', value);
-  return value as number;
-}
 
 /** The source's images with their ids; a single path or Buffer is a source of one. */
 async function* images(source: ExtractSource): AsyncGenerator<Item> {
@@ -110,7 +104,7 @@ async function decode({ id, image, error }: Item, options: PreprocessOptions | u
  * makes them all one), and gives its records back in input order. Each record's blobs are views
  * of the batch's output: no copy.
  */
-async function infer(model: Model, batch: Decoded[], runOptions: { outputs: string[] }): Promise<ExtractRecord[]> {
+async function infer(model: Runner, batch: Decoded[], runOptions: { outputs: string[] }): Promise<ExtractRecord[]> {
   const records: ExtractRecord[] = batch.map(({ id, error }) => (error ? { id, error } : { id }));
   await Promise.all([...sizeGroups(batch).values()].map(async (rows) => {
     const out = await model.run(stack(rows.map((i) => batch[i].tensor!)), runOptions);

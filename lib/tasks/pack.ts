@@ -1,6 +1,7 @@
 import type { Calibration } from '../weights/calibration';
-import { VggError, argError, checkOptions } from '../errors';
-import { checkLoadOptions, openWeights, startModel } from '../engine/model';
+import { VggError, argError, checkOptions, isInt } from '../errors';
+import { checkLoadOptions, Engine, startEngine } from '../engine';
+import { openWeights } from '../weights';
 import { native, type Precision } from '../native';
 import { writePacked, type PackedHeader } from '../weights/packed';
 import type { Head } from '../arch/topology';
@@ -37,17 +38,15 @@ export async function packWeights(file: string, out: string, options?: PackOptio
   const shapes = opts.shapes ?? DEFAULT_SHAPES;
   if (!Array.isArray(shapes) || shapes.length === 0) throw argError('options.shapes', 'a non-empty list of [n, h, w, head]', shapes);
   for (const s of shapes) {
-    const ok = Array.isArray(s) && s.length === 4 && s.slice(0, 3).every((v) => Number.isSafeInteger(v) && (v as number) > 0) && (s[3] === 'fixed' || s[3] === 'dense');
+    const ok = Array.isArray(s) && s.length === 4 && s.slice(0, 3).every((v) => isInt(v)) && (s[3] === 'fixed' || s[3] === 'dense');
     if (!ok) throw argError('options.shapes', "shapes like [n, h, w, 'fixed' | 'dense']", s);
   }
   const weights = await openWeights(file);
   if (weights.packed) throw new VggError('E_ARG', `${file} is packed already; pack the original weights file`);
-  const model = await startModel(file, weights, checkLoadOptions({
+  const model = await startEngine(file, weights, checkLoadOptions({
     precision: opts.precision ?? 'fp32',
-    ...(opts.winograd !== undefined ? { winograd: opts.winograd } : {}),
-    ...(opts.calibration !== undefined ? { calibration: opts.calibration } : {}),
-    ...(opts.threads !== undefined ? { threads: opts.threads } : {}),
-  }));
+    winograd: opts.winograd, calibration: opts.calibration, threads: opts.threads,
+  }), Engine);
   try {
     const layouts = await model.packLayouts(shapes);
     const { onednn, isa } = native().versions();

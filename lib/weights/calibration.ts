@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import { VggError, argError, describe } from '../errors';
-import type { Tensor } from './safetensors';
+import type { Tensor } from '../tensor';
 import { featureLayers, type Arch, type CfgItem } from '../arch/topology';
 import { writeAtomic } from '../files';
 

@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { cacheDir } from './default-weights';
 import { VggError, argError } from '../errors';
-import { openWeights } from '../engine/model';
+import { openWeights } from './open';
 import { presetArch } from '../arch/topology';
 
 /**

@@ -1,7 +1,8 @@
 import * as yauzl from 'yauzl';
-import { VggError, describe } from '../errors';
+import { VggError, describe, isInt } from '../errors';
 import { unpickle } from './pickle';
-import { widen16, type Tensor } from './safetensors';
+import { widen16 } from './safetensors';
+import type { Tensor } from '../tensor';
 
 /**
  * Reads the zip checkpoints `torch.save(model.state_dict(), f)` writes (PyTorch >= 1.6):
@@ -170,7 +171,7 @@ function pickleGlobals(bad: (why: string) => VggError): Map<string, unknown> {
   return globals;
 }
 
-const isCount = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
+const isCount = (v: unknown): v is number => isInt(v, 0);
 const isCounts = (v: unknown): v is number[] => Array.isArray(v) && v.every(isCount);
 
 /** A persistent id: ('storage', storage class, key, location, numel). */

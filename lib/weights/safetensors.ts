@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
-import { VggError } from '../errors';
+import { VggError, isInt } from '../errors';
 import { writeAtomic } from '../files';
+import type { Tensor } from '../tensor';
 
 /** Bytes per element of every dtype the safetensors format defines. */
 const DTYPE_SIZE: Record<string, number> = {
@@ -26,12 +27,7 @@ export interface SafetensorsFile {
   tensors: Map<string, TensorEntry>;
 }
 
-export interface Tensor {
-  data: Float32Array;
-  shape: number[];
-}
-
-const isCount = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
+const isCount = (v: unknown): v is number => isInt(v, 0);
 
 /**
  * Validates a whole safetensors header against the file it sits in: length bounds, JSON,

@@ -1,0 +1,27 @@
+import { FC6_WINDOW, featureLayers, lastWidth, LRN } from '../arch/topology';
+import type { NativeFeatureOp, NativePlan } from '../native';
+import { outScale, type Calibration } from '../weights/calibration';
+import type { ModelWeights } from '../weights/open';
+
+/** The network for the addon: every layer in order with its weights (and int8 ranges), already checked. */
+export function buildPlan(weights: ModelWeights, calibration?: Calibration): Pick<NativePlan, 'lastC' | 'features' | 'fc'> {
+  let conv = 0;
+  const scale = (blob: string) => (calibration ? { outScale: outScale(calibration, blob) } : {});
+  const features = featureLayers(weights.arch).map((l): NativeFeatureOp => {
+    if (l.kind === 'pool') return { kind: 'pool' };
+    if (l.kind === 'lrn') return { kind: 'lrn', ...LRN, ...scale(l.name) };
+    return { kind: 'conv', kernel: l.kernel, inC: l.inC, outC: l.outC, ...weights.convs[conv++], ...scale(l.name) };
+  });
+  const c = lastWidth(weights.arch);
+  const [fc6, fc7, fc8] = weights.fc;
+  const { fcHidden, classes } = weights.arch;
+  return {
+    lastC: c,
+    features,
+    fc: [
+      { inF: c * FC6_WINDOW * FC6_WINDOW, outF: fcHidden, ...fc6, ...scale('fc6') },
+      { inF: fcHidden, outF: fcHidden, ...fc7, ...scale('fc7') },
+      { inF: fcHidden, outF: classes, ...fc8 },
+    ],
+  };
+}
