@@ -71,3 +71,38 @@ export function ioError(e: unknown, what: string): VggError {
   // The errno code rather than the message, which would name the temporary file.
   return new VggError('E_IO', `${what}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, { cause: e });
 }
+
+/**
+ * writeDurably off the event loop: `pieces` written in order, every byte checked (a short
+ * write is an error, not a success), then fsync. For the journal, which commits while inference runs.
+ */
+export async function writeDurablyAsync(file: string, pieces: Iterable<Uint8Array>, shownAs = file): Promise<void> {
+  let handle: fs.promises.FileHandle | undefined;
+  try {
+    handle = await fs.promises.open(file, 'w');
+    for (const piece of pieces) {
+      for (let at = 0; at < piece.length;) {
+        const { bytesWritten } = await handle.write(piece, at, piece.length - at);
+        if (bytesWritten <= 0) throw Object.assign(new Error(`wrote ${at} of ${piece.length} bytes`), { code: 'EIO' });
+        at += bytesWritten;
+      }
+    }
+    await handle.sync();
+  } catch (e) {
+    throw ioError(e, `cannot write ${shownAs}`);
+  } finally {
+    await handle?.close();
+  }
+}
+
+/** writeAtomic off the event loop: a temporary file written durably, then renamed over `file`. */
+export async function writeAtomicAsync(file: string, pieces: Iterable<Uint8Array>): Promise<void> {
+  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
+  try {
+    await writeDurablyAsync(tmp, pieces, file);
+    await fs.promises.rename(tmp, file);
+  } catch (e) {
+    await fs.promises.rm(tmp, { force: true });
+    throw ioError(e, `cannot write ${file}`);
+  }
+}

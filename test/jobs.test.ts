@@ -140,7 +140,7 @@ describe('distributed jobs (BullMQ on a real redis-server)', function () {
   it('redoes the shard of a worker SIGKILLed mid-shard, with no duplicated or missing rows', async () => {
     const out = path.join(dir, 'kill');
     const { id } = await submit(out);
-    const slow = vgg(workerArgs(), { VGGNET_JOBS_TEST_DELAY_MS: '400' });
+    const slow = vgg([...workerArgs(), '--batch-delay-ms', '400']);
     procs.push(slow.proc);
     await until('a shard to run', async () => (await jobStatus(id, { redis: redis.url })).running > 0);
     await new Promise((r) => setTimeout(r, 300)); // mid-shard: a batch or so in
@@ -186,7 +186,7 @@ describe('distributed jobs (BullMQ on a real redis-server)', function () {
     if (redis.external) this.skip();
     const out = path.join(dir, 'restart');
     const { id } = await submit(out);
-    const slow = vgg(workerArgs(), { VGGNET_JOBS_TEST_DELAY_MS: '150' });
+    const slow = vgg([...workerArgs(), '--batch-delay-ms', '150']);
     procs.push(slow.proc);
     await until('a shard to finish', async () => (await jobStatus(id, { redis: redis.url })).done > 0);
     assert.ok((await jobStatus(id, { redis: redis.url })).done < 5, 'Redis stops mid-job');
@@ -202,7 +202,7 @@ describe('distributed jobs (BullMQ on a real redis-server)', function () {
   it('SIGTERM on a busy worker finishes its shard, then exits 0; the rest wait for another worker', async () => {
     const out = path.join(dir, 'term');
     const { id } = await submit(out);
-    const slow = vgg(workerArgs(), { VGGNET_JOBS_TEST_DELAY_MS: '200' });
+    const slow = vgg([...workerArgs(), '--batch-delay-ms', '200']);
     procs.push(slow.proc);
     await until('a shard to run', async () => (await jobStatus(id, { redis: redis.url })).running > 0);
     slow.proc.kill('SIGTERM');

@@ -5,12 +5,9 @@ import { Command } from 'commander';
 import { defaultWeights } from '../weights/default-weights';
 import { IMAGE_EXTENSIONS, imageList } from '../images/sources';
 import { VggError } from '../errors';
-import type { ExtractRecord } from '../tasks/extract';
-import { loadModel, type Model } from '../engine/model';
+import { loadModel, type Model } from '../model';
 import type { Preset } from '../images/preprocess';
-import { writerFor } from '../outputs';
-import { Journal } from '../outputs/journal';
-import { writeAtomic } from '../files';
+import { Journal, journalRecords, writeJournal, writerFor } from '../outputs';
 import { type EngineFlags, commaList, engineOptions, engineSettings, positiveInt, preprocessOptions, reportError } from './common';
 
 interface ExtractFlags extends EngineFlags {
@@ -78,13 +75,13 @@ async function extractImages(input: string, flags: ExtractFlags): Promise<void> 
     if (journal.items) process.stderr.write(`vgg extract: resuming: ${journal.items} images already done in ${journal.dir}\n`);
 
     const done = await extractInto(journal, model, unjournaled(list(), journal), flags, total);
-    write(flags.out, journal);
-    const errorsFile = writeErrors(`${flags.out}.errors.jsonl`, journal);
+    const errorsFile = `${flags.out}.errors.jsonl`;
+    writeJournal(journal, flags.out, write, errorsFile);
     journal.remove();
 
     const seconds = (performance.now() - started) / 1000;
     process.stderr.write(`vgg extract: ${journal.items} images, ${journal.failed} failed, ${seconds.toFixed(1)} s, `
-      + `${(done / seconds).toFixed(1)} images/s -> ${flags.out}${errorsFile ? `; failures in ${errorsFile}` : ''}\n`);
+      + `${(done / seconds).toFixed(1)} images/s -> ${flags.out}${journal.failed ? `; failures in ${errorsFile}` : ''}\n`);
     if (journal.failed) process.exitCode = 2;
   } finally {
     await model.dispose();
@@ -107,26 +104,15 @@ async function jobOf(input: string, weights: string, flags: ExtractFlags): Promi
  */
 async function extractInto(journal: Journal, model: Model, images: AsyncIterable<string>, flags: ExtractFlags, total: number): Promise<number> {
   const progress = new Progress(total, journal.items, journal.failed);
-  let commitError: unknown;
-  const timer = setInterval(() => {
-    try {
-      journal.flush();
-    } catch (e) {
-      commitError ??= e; // thrown by the loop below, which a timer cannot do
-    }
-  }, COMMIT_MS);
   const interrupted = (signal: NodeJS.Signals) => {
     progress.stop();
-    try {
-      journal.flush();
-    } catch (e) {
-      reportError(e);
-    }
-    process.stderr.write(`vgg extract: ${signal}: ${journal.items} of ${total} images are done and kept in ${journal.dir}; the same command with --resume finishes the run\n`);
-    // Dying of the signal itself, as the default handler would, tells the shell (status 130 or 143)
-    // and does not wait for a decode stuck in a read the way a normal exit would.
     stopListening();
-    process.kill(process.pid, signal);
+    void journal.flush().catch(reportError).finally(() => {
+      process.stderr.write(`vgg extract: ${signal}: ${journal.items} of ${total} images are done and kept in ${journal.dir}; the same command with --resume finishes the run\n`);
+      // Dying of the signal itself, as the default handler would, tells the shell (status 130 or 143)
+      // and does not wait for a decode stuck in a read the way a normal exit would.
+      process.kill(process.pid, signal);
+    });
   };
   const stopListening = () => {
     process.off('SIGINT', interrupted);
@@ -136,21 +122,11 @@ async function extractInto(journal: Journal, model: Model, images: AsyncIterable
   process.once('SIGTERM', interrupted);
   try {
     const preprocess = { preset: flags.preset, size: flags.size, crop: flags.crop };
-    let batch: ExtractRecord[] = [];
-    for await (const record of model.extract(images, { outputs: flags.outputs, batchSize: flags.batch, preprocess })) {
-      if (commitError) throw commitError;
-      progress.tick(record.error !== undefined);
-      batch.push(record);
-      if (batch.length === flags.batch) {
-        journal.add(batch);
-        batch = [];
-      }
-    }
-    journal.add(batch);
-    journal.flush();
-    return progress.thisRun;
+    const records = model.extract(images, { outputs: flags.outputs, batchSize: flags.batch, preprocess });
+    return await journalRecords(records, journal, {
+      batchSize: flags.batch, commitMs: COMMIT_MS, onRecord: (record) => progress.tick(record.error !== undefined),
+    });
   } finally {
-    clearInterval(timer);
     stopListening();
     progress.stop();
   }
@@ -170,20 +146,6 @@ async function* unjournaled(images: AsyncIterable<string>, journal: Journal): As
   }
   if (!done.next().done) throw new VggError('E_ARG', `--resume: there are fewer images (${index}) than the interrupted run did (${journal.items}); delete ${journal.dir} to start over`);
 }
-
-/** FILE.errors.jsonl when images failed, and its name; otherwise no such file (a stale one is removed). */
-function writeErrors(file: string, journal: Journal): string | undefined {
-  if (!journal.failed) {
-    fs.rmSync(file, { force: true });
-    return undefined;
-  }
-  writeAtomic(file, (out) => {
-    for (const failure of journal.errors()) out.write(`${JSON.stringify(failure)}\n`);
-  });
-  return file;
-}
-
-// ---- inputs -------------------------------------------------------------------
 
 // ---- progress -------------------------------------------------------------------
 

@@ -47,10 +47,13 @@ export function registerJob(program: Command): void {
     .option('--concurrency <n>', 'shards at once', positiveInt, 1)
     .option('--lock-ms <n>', 'lease on a shard; a dead worker\'s shard is redone after it', positiveInt, 30000)
     .option('--stalled-ms <n>', 'how often to look for shards whose lease expired', positiveInt, 30000)
+    // A slow worker on purpose, for tests of leases and shutdown.
+    .addOption(new Option('--batch-delay-ms <n>').argParser(positiveInt).hideHelp())
     .addOption(redisOption());
-  engineOptions(worker).action(async (f: EngineFlags & { concurrency: number; lockMs: number; stalledMs: number; redis: string }) => {
+  engineOptions(worker).action(async (f: EngineFlags & { concurrency: number; lockMs: number; stalledMs: number; batchDelayMs?: number; redis: string }) => {
     const w = runWorker({
       redis: f.redis, concurrency: f.concurrency, lockDuration: f.lockMs, stalledInterval: f.stalledMs,
+      ...(f.batchDelayMs ? { batchDelayMs: f.batchDelayMs } : {}),
       ...engineSettings(f),
       onShard: (e) => process.stderr.write(`vgg job worker: job ${e.job} shard ${e.index}: ${e.skipped ? 'already done' : `${e.images} images, ${e.failed} failed, ${e.seconds.toFixed(2)} s`}\n`),
     });

@@ -2,10 +2,9 @@ import * as path from 'node:path';
 import { VggError } from '../errors';
 import { writeJsonl } from './jsonl';
 import { writeNpy } from './npy';
-import type { RowSource } from './rows';
+import type { Writer } from './rows';
 import { writeSafetensorsRows } from './safetensors';
 
-type Writer = (file: string, rows: RowSource) => void;
 
 const WRITERS: Record<string, Writer> = { '.safetensors': writeSafetensorsRows, '.npy': writeNpy, '.jsonl': writeJsonl };
 
@@ -19,3 +18,7 @@ export function writerFor(file: string, blobs: string[]): Writer {
   }
   return writer;
 }
+export { Journal, type FailedImage } from './journal';
+export { journalRecords, writeFailures, writeJournal, type JournalOptions } from './records-to-file';
+export type { RowSource, Writer } from './rows';
+export { writeSafetensorsRows } from './safetensors';

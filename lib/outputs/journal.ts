@@ -2,8 +2,9 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { VggError } from '../errors';
 import type { ExtractRecord } from '../tasks/extract';
-import { elements, type RowSource } from './rows';
-import { ioError, writeAtomic, writeDurably } from '../files';
+import { type RowSource } from './rows';
+import { elements } from '../tensor';
+import { ioError, writeAtomic, writeAtomicAsync, writeDurablyAsync } from '../files';
 
 /** Pending batches are committed at once past this size, whatever the time since the last commit. */
 const FLUSH_BYTES = 64 << 20;
@@ -47,6 +48,8 @@ export class Journal implements RowSource {
   #chunks: Chunk[] = [];
   #pending: ExtractRecord[] = [];
   #pendingBytes = 0;
+  /** The commit in progress, which the next one waits for; a failed one fails those after it. */
+  #flushing: Promise<void> = Promise.resolve();
 
   private constructor(dir: string, blobs: string[]) {
     this.dir = dir;
@@ -88,7 +91,7 @@ export class Journal implements RowSource {
    * or at once past FLUSH_BYTES. A row whose shape differs from the first row's is E_SHAPE here,
    * early, as the output files hold one shape per blob.
    */
-  add(records: ExtractRecord[]): void {
+  async add(records: ExtractRecord[]): Promise<void> {
     for (const { id, outputs } of records) {
       if (!outputs) continue;
       const shapes = Object.fromEntries(this.blobs.map((b) => [b, outputs[b].shape.slice(1)]));
@@ -101,12 +104,22 @@ export class Journal implements RowSource {
       }
     }
     this.#pending.push(...records);
-    if (this.#pendingBytes >= FLUSH_BYTES) this.flush();
+    if (this.#pendingBytes >= FLUSH_BYTES) await this.flush();
   }
 
-  /** Commits the pending batches as one chunk: its data files, then its index. */
-  flush(): void {
+  /**
+   * Commits the pending batches as one chunk: its data files, then its index, written off the
+   * event loop. Commits run one at a time, in order (a timer and the extraction loop both call this).
+   */
+  flush(): Promise<void> {
     const records = this.#pending;
+    this.#pending = [];
+    this.#pendingBytes = 0;
+    this.#flushing = this.#flushing.then(() => this.#commit(records));
+    return this.#flushing;
+  }
+
+  async #commit(records: ExtractRecord[]): Promise<void> {
     if (!records.length) return;
     const name = String(this.items).padStart(12, '0');
     const index: ChunkIndex = { first: this.items, ids: [], errors: [], shapes: this.shapes };
@@ -115,15 +128,9 @@ export class Journal implements RowSource {
       if (error) index.errors.push({ at, code: error.code, message: error.message });
     });
     for (const blob of this.blobs) {
-      writeDurably(this.#dataFile(name, blob), (out) => {
-        for (const { outputs } of records) {
-          if (outputs) out.write(bytes(outputs[blob].data));
-        }
-      });
+      await writeDurablyAsync(this.#dataFile(name, blob), records.flatMap(({ outputs }) => (outputs ? [bytes(outputs[blob].data)] : [])));
     }
-    writeAtomic(this.#indexFile(name), (out) => out.write(JSON.stringify(index)));
-    this.#pending = [];
-    this.#pendingBytes = 0;
+    await writeAtomicAsync(this.#indexFile(name), [Buffer.from(JSON.stringify(index))]);
     this.#committed({ name, items: records.length, rows: records.length - index.errors.length });
   }
 

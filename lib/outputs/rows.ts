@@ -17,5 +17,5 @@ export interface RowSource {
   rowValues(): Iterable<{ id: string; values: Record<string, Float32Array> }>;
 }
 
-/** The number of elements of a shape. */
-export const elements = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
+/** Writes a RowSource to a features file, atomically. */
+export type Writer = (file: string, rows: RowSource) => void;

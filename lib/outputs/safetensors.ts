@@ -1,4 +1,5 @@
-import { elements, type RowSource } from './rows';
+import { type RowSource } from './rows';
+import { elements } from '../tensor';
 import { writeAtomic } from '../files';
 
 /**

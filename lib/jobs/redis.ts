@@ -1,0 +1,58 @@
+import type { ConnectionOptions, Queue } from 'bullmq';
+import { VggError } from '../errors';
+import type { JobSpec } from './spec';
+
+// Loaded on first use: an application that requires vggnet for inference alone should not pay
+// for a Redis client and queue library (about 130 ms of module loading) it never uses.
+export const bullmq = (): typeof import('bullmq') => require('bullmq');
+
+/** The BullMQ queue every shard of every job goes to; workers listen on it alone. */
+export const QUEUE = 'vggnet-shards';
+export const SPEC_KEY = (id: string) => `vggnet:job:${id}`;
+export const STARTED_KEY = (id: string) => `vggnet:job:${id}:started`;
+export const DEFAULT_REDIS = 'redis://127.0.0.1:6379';
+
+/** The ioredis client underneath BullMQ's narrower interface. */
+export type RawRedis = { set(key: string, value: string, nx: 'NX'): Promise<string | null> };
+
+/** ioredis options from a redis:// URL, so that BullMQ makes its own connections. */
+export function connectionOf(url = process.env.REDIS_URL ?? DEFAULT_REDIS): ConnectionOptions & { host: string; port: number } {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    throw new VggError('E_ARG', `Expected a redis://host:port URL for --redis but received ${JSON.stringify(url)}`);
+  }
+  if (u.protocol !== 'redis:' && u.protocol !== 'rediss:') throw new VggError('E_ARG', `Expected a redis://host:port URL for --redis but received ${JSON.stringify(url)}`);
+  return {
+    host: u.hostname || '127.0.0.1',
+    port: Number(u.port || 6379),
+    ...(u.username ? { username: decodeURIComponent(u.username) } : {}),
+    ...(u.password ? { password: decodeURIComponent(u.password) } : {}),
+    ...(u.pathname.length > 1 ? { db: Number(u.pathname.slice(1)) } : {}),
+    ...(u.protocol === 'rediss:' ? { tls: {} } : {}),
+  };
+}
+
+/** For short-lived clients (submit, status, merge): fail soon when Redis cannot be reached rather than retry forever. */
+export const clientConnection = (url?: string): ConnectionOptions => ({ // ioredis options
+  ...connectionOf(url), maxRetriesPerRequest: 3, enableOfflineQueue: false,
+  retryStrategy: (times: number) => (times > 5 ? null : 200 * times),
+} as ConnectionOptions);
+
+/** A short-lived queue handle, closed after `use`. */
+export async function withQueue<T>(redis: string | undefined, use: (queue: Queue) => Promise<T>): Promise<T> {
+  const queue = new (bullmq().Queue)(QUEUE, { connection: clientConnection(redis) });
+  try {
+    return await use(queue);
+  } finally {
+    await queue.close();
+  }
+}
+
+/** A job's spec as Redis holds it. */
+export async function getSpec(queue: Queue, id: string): Promise<JobSpec> {
+  const text = await (await queue.client).get(SPEC_KEY(id));
+  if (!text) throw new VggError('E_ARG', `no job ${id} in Redis`);
+  return JSON.parse(text) as JobSpec;
+}
