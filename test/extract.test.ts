@@ -3,14 +3,11 @@ import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import sharp from 'sharp';
-import { VggError } from '../lib/errors';
 import { extract, type ExtractRecord, type ExtractSource } from '../lib/tasks/extract';
 import { loadModel, type Model } from '../lib/model';
 import { preprocess } from '../lib/images/preprocess';
 import { readF32, readSafetensorsFile } from '../lib/weights/safetensors';
 import type { Tensor } from '../lib/tensor';
-import { Journal } from '../lib/outputs/journal';
-import { writeAtomic } from '../lib/files';
 import { fixture, prng, relError, tmpDir } from './helpers';
 
 const WEIGHTS = fixture('D.weights.safetensors');
@@ -355,58 +352,6 @@ describe('extract', function () {
         assert.equal(fs.readFileSync(`${file}.errors.jsonl`, 'utf8'), fs.readFileSync(`${reference}.errors.jsonl`, 'utf8'));
         assert.ok(!fs.existsSync(`${file}.partial`));
       }
-    });
-  });
-
-  describe('journal', () => {
-    const job = { batch: 2 };
-    const row = (id: string, value: number): ExtractRecord => ({ id, outputs: { fc7: { data: new Float32Array(4).fill(value), shape: [1, 4] } } });
-    /** A journal of two chunks, one failed image in the second. */
-    async function started(): Promise<string> {
-      const dir = path.join(tmpDir(), 'out.safetensors.partial');
-      const journal = Journal.open(dir, ['fc7'], job, false);
-      await journal.add([row('a', 1), row('b', 2)]);
-      await journal.flush();
-      await journal.add([row('c', 3), { id: 'd', error: new VggError('E_IMAGE', 'd: bad') }]);
-      await journal.flush();
-      return dir;
-    }
-
-    it('resumes with the chunks committed', async () => {
-      const journal = Journal.open(await started(), ['fc7'], job, true);
-      assert.deepEqual([journal.items, journal.rows, journal.failed], [4, 3, 1]);
-      assert.deepEqual([...journal.itemIds()], ['a', 'b', 'c', 'd']);
-      assert.deepEqual([...journal.rowValues()].map((r) => [r.id, r.values.fc7[0]]), [['a', 1], ['b', 2], ['c', 3]]);
-    });
-
-    it('says which file of a damaged journal is bad, and to fix it or delete the folder (E_IO)', async () => {
-      for (const [file, content] of [['000000000002.json', 'truncated'], ['000000000002.json', 'null'], ['000000000000.json', '{}'], ['job.json', 'truncated']]) {
-        const dir = await started();
-        const damaged = path.join(dir, file);
-        fs.writeFileSync(damaged, content === 'truncated' ? fs.readFileSync(damaged).subarray(0, 10) : content);
-        for (const resume of file === 'job.json' ? [true, false] : [true]) {
-          assert.throws(() => Journal.open(dir, ['fc7'], job, resume), (e) => {
-            assert.ok(e instanceof VggError, String(e));
-            assert.equal(e.code, 'E_IO');
-            assert.ok(e.message.startsWith(`${damaged} `), e.message);
-            assert.match(e.message, /fix it, or delete .*out\.safetensors\.partial/);
-            return true;
-          }, `${file} ${content}`);
-        }
-      }
-    });
-
-    it('writes atomically: a failed write names the file, not the temporary one, and leaves nothing', () => {
-      const dir = tmpDir();
-      const file = path.join(dir, 'x.bin');
-      assert.throws(() => writeAtomic(path.join(dir, 'no', 'x.bin'), (out) => out.write('x')),
-        (e: VggError) => e.code === 'E_IO' && e.message === `cannot write ${path.join(dir, 'no', 'x.bin')}: ENOENT`);
-      const bad = new VggError('E_SHAPE', 'a bad row');
-      assert.throws(() => writeAtomic(file, (out) => { out.write('partial'); throw bad; }), (e) => e === bad);
-      assert.deepEqual(fs.readdirSync(dir), []);
-      writeAtomic(file, (out) => { out.write('one'); out.write(Buffer.from(' two')); });
-      assert.equal(fs.readFileSync(file, 'utf8'), 'one two');
-      assert.deepEqual(fs.readdirSync(dir), ['x.bin']);
     });
   });
 });

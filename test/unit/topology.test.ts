@@ -1,7 +1,8 @@
 import { strict as assert } from 'node:assert';
-import { blobNames, countMacs, countParams, inferShapes, presetArch, VggError } from '../lib';
+import { blobNames, countMacs, countParams, inferShapes, presetArch } from '../../lib/arch';
+import { VggError } from '../../lib/errors';
 
-describe('topology', () => {
+describe('unit: topology', () => {
   it("counts torchvision's parameters for vgg11, vgg13, vgg16, vgg19", () => {
     assert.equal(countParams(presetArch('vgg11')), 132_863_336);
     assert.equal(countParams(presetArch('vgg13')), 133_047_848);
