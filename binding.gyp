@@ -5,6 +5,7 @@
       "native/addon.cc",
       "native/backend.cc",
       "native/executor.cc",
+      "native/js_plan.cc",
       "native/mapped_file.cc",
       "native/onednn/backend.cc",
       "native/onednn/net.cc",

@@ -2,6 +2,7 @@
 // TypeScript (lib/native.ts) validates everything before it reaches these functions.
 #include <napi.h>
 #include "executor.h"
+#include "js_plan.h"
 #include "mapped_file.h"
 #ifdef VGG_WITH_ONEDNN
 #include "onednn/backend.h"
@@ -35,10 +36,7 @@ Napi::Value Versions(const Napi::CallbackInfo& info) {
 // cudaProbe(libraryDirs): what vggnet's CUDA backend would find here (null without one).
 Napi::Value CudaProbe(const Napi::CallbackInfo& info) {
 #ifdef VGG_WITH_CUDA
-  std::vector<std::string> dirs;
-  Napi::Array js = info[0].As<Napi::Array>();
-  for (uint32_t i = 0; i < js.Length(); i++) dirs.push_back(js.Get(i).As<Napi::String>());
-  return vgg::cuda::probe(info.Env(), dirs);
+  return vgg::cuda::probe(info.Env(), vgg::readStrings(info[0]));
 #else
   return info.Env().Null();
 #endif

@@ -1,112 +1,12 @@
 #include "executor.h"
 
 #include <algorithm>
-#include "mapped_file.h"
 #include <stdexcept>
 #include "backend.h"
+#include "js_plan.h"
+#include "mapped_file.h"
 
 namespace vgg {
-
-namespace {
-
-const float* floats(const Napi::Value& v) { return v.As<Napi::Float32Array>().Data(); }
-// Weights a packed file supplies are null in the plan.
-const float* optionalFloats(const Napi::Value& v) { return v.IsTypedArray() ? floats(v) : nullptr; }
-float scaleOf(const Napi::Object& op) {
-  Napi::Value v = op.Get("outScale");
-  return v.IsNumber() ? v.As<Napi::Number>().FloatValue() : 0.f;
-}
-
-// The plan as TypeScript built and validated it (lib/native.ts); nothing here re-checks it.
-Plan readPlan(const Napi::Object& js) {
-  Plan plan;
-  plan.threads = js.Get("threads").As<Napi::Number>().Int32Value();
-  plan.cudaDevice = js.Get("cudaDevice").As<Napi::Number>().Int32Value();
-  const std::string precision = js.Get("precision").As<Napi::String>();
-  plan.precision = precision == "bf16"   ? Precision::BF16
-                   : precision == "fp16" ? Precision::F16
-                   : precision == "int8" ? Precision::I8
-                                         : Precision::F32;
-  plan.winograd = js.Get("winograd").ToBoolean();
-  Napi::Array dirs = js.Get("libraryDirs").As<Napi::Array>();
-  for (uint32_t i = 0; i < dirs.Length(); i++) plan.libraryDirs.push_back(dirs.Get(i).As<Napi::String>());
-  plan.lastC = js.Get("lastC").As<Napi::Number>().Int32Value();
-  Napi::Array features = js.Get("features").As<Napi::Array>();
-  for (uint32_t i = 0; i < features.Length(); i++) {
-    Napi::Object f = features.Get(i).As<Napi::Object>();
-    const std::string kind = f.Get("kind").As<Napi::String>();
-    FeatureOp op;
-    if (kind == "conv") {
-      op.kind = OpKind::Conv;
-      op.kernel = f.Get("kernel").As<Napi::Number>().Int32Value();
-      op.inC = f.Get("inC").As<Napi::Number>().Int32Value();
-      op.outC = f.Get("outC").As<Napi::Number>().Int32Value();
-      op.weight = optionalFloats(f.Get("weight"));
-      op.bias = floats(f.Get("bias"));
-      op.outScale = scaleOf(f);
-    } else if (kind == "pool") {
-      op.kind = OpKind::MaxPool;
-    } else {
-      op.kind = OpKind::Lrn;
-      op.lrnSize = f.Get("size").As<Napi::Number>().Int32Value();
-      op.alpha = f.Get("alpha").As<Napi::Number>().FloatValue();
-      op.beta = f.Get("beta").As<Napi::Number>().FloatValue();
-      op.k = f.Get("k").As<Napi::Number>().FloatValue();
-      op.outScale = scaleOf(f);
-    }
-    plan.features.push_back(op);
-  }
-  Napi::Array fc = js.Get("fc").As<Napi::Array>();
-  for (uint32_t i = 0; i < 3; i++) {
-    Napi::Object f = fc.Get(i).As<Napi::Object>();
-    plan.fc[i] = {f.Get("inF").As<Napi::Number>().Int32Value(), f.Get("outF").As<Napi::Number>().Int32Value(),
-                  optionalFloats(f.Get("weight")), floats(f.Get("bias")), scaleOf(f)};
-  }
-  Napi::Value packed = js.Get("packed");
-  if (packed.IsArray()) {
-    Napi::Array list = packed.As<Napi::Array>();
-    for (uint32_t i = 0; i < list.Length(); i++) {
-      Napi::Object p = list.Get(i).As<Napi::Object>();
-      Napi::Uint8Array layout = p.Get("layout").As<Napi::Uint8Array>();
-      PackedWeight w;
-      w.layer = p.Get("layer").As<Napi::Number>().Int32Value();
-      w.layout.assign(reinterpret_cast<const char*>(layout.Data()), layout.ByteLength());
-      w.data = p.Get("data").As<Napi::Uint8Array>().Data();
-      w.scales = optionalFloats(p.Get("scales"));
-      plan.packed.push_back(std::move(w));
-    }
-  }
-  return plan;
-}
-
-// The packed layers as JS objects; each data buffer is handed over without a copy.
-Napi::Value packedToJs(Napi::Env env, std::vector<PackedOut>& packed) {
-  Napi::Array out = Napi::Array::New(env, packed.size());
-  for (size_t i = 0; i < packed.size(); i++) {
-    PackedOut& p = packed[i];
-    Napi::Object o = Napi::Object::New(env);
-    o.Set("layer", p.layer);
-    o.Set("layout", Napi::Buffer<char>::Copy(env, p.layout.data(), p.layout.size()));
-    auto* owner = new std::shared_ptr<std::vector<char>>(p.data);
-    const int64_t bytes = static_cast<int64_t>(p.data->size());
-    Napi::MemoryManagement::AdjustExternalMemory(env, bytes);  // so that V8 collects them in time
-    o.Set("data", Napi::Buffer<char>::New(env, (*owner)->data(), (*owner)->size(),
-                                          [](Napi::Env env, char*, std::shared_ptr<std::vector<char>>* h) {
-                                            Napi::MemoryManagement::AdjustExternalMemory(env, -static_cast<int64_t>((*h)->size()));
-                                            delete h;
-                                          },
-                                          owner));
-    if (!p.scales.empty()) {
-      Napi::Float32Array scales = Napi::Float32Array::New(env, p.scales.size());
-      std::copy(p.scales.begin(), p.scales.end(), scales.Data());
-      o.Set("scales", scales);
-    }
-    out.Set(i, o);
-  }
-  return out;
-}
-
-}  // namespace
 
 Napi::Function Executor::Define(Napi::Env env) {
   return DefineClass(env, "Executor",
@@ -150,20 +50,7 @@ Napi::Value Executor::Run(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (disposing_) throw Napi::Error::New(env, "executor is disposed");
   auto* job = new Job{JobKind::Run, {}, {}, Napi::Promise::Deferred::New(env), {}};
-  RunRequest& r = job->request;
-  r.input = floats(info[0]);
-  r.n = info[1].As<Napi::Number>().Int32Value();
-  r.h = info[2].As<Napi::Number>().Int32Value();
-  r.w = info[3].As<Napi::Number>().Int32Value();
-  r.head = info[4].As<Napi::Boolean>() ? Head::Dense : Head::Fixed;
-  job->pins.push_back(Napi::Persistent(info[0]));
-  Napi::Array captures = info[5].As<Napi::Array>();
-  for (uint32_t i = 0; i < captures.Length(); i++) {
-    Napi::Array pair = captures.Get(i).As<Napi::Array>();
-    r.captures.push_back({pair.Get(0u).As<Napi::Number>().Int32Value(),
-                          pair.Get(1u).As<Napi::Float32Array>().Data()});
-    job->pins.push_back(Napi::Persistent(pair.Get(1u)));
-  }
+  job->request = readRunRequest(info, job->pins);
   Napi::Promise promise = job->deferred.Promise();
   enqueue(job);
   return promise;
@@ -174,17 +61,7 @@ Napi::Value Executor::Pack(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (disposing_) throw Napi::Error::New(env, "executor is disposed");
   auto* job = new Job{JobKind::Pack, {}, {}, Napi::Promise::Deferred::New(env), {}};
-  Napi::Array shapes = info[0].As<Napi::Array>();
-  for (uint32_t i = 0; i < shapes.Length(); i++) {
-    Napi::Array s = shapes.Get(i).As<Napi::Array>();
-    RunRequest r;
-    r.input = nullptr;
-    r.n = s.Get(0u).As<Napi::Number>().Int32Value();
-    r.h = s.Get(1u).As<Napi::Number>().Int32Value();
-    r.w = s.Get(2u).As<Napi::Number>().Int32Value();
-    r.head = s.Get(3u).ToBoolean() ? Head::Dense : Head::Fixed;
-    job->shapes.push_back(r);
-  }
+  job->shapes = readPackShapes(info[0]);
   Napi::Promise promise = job->deferred.Promise();
   enqueue(job);
   return promise;

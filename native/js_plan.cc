@@ -1,0 +1,148 @@
+#include "js_plan.h"
+
+#include <algorithm>
+#include <memory>
+
+namespace vgg {
+
+namespace {
+
+const float* floats(const Napi::Value& v) { return v.As<Napi::Float32Array>().Data(); }
+// Weights a packed file supplies are null in the plan.
+const float* optionalFloats(const Napi::Value& v) { return v.IsTypedArray() ? floats(v) : nullptr; }
+int int32(const Napi::Value& v) { return v.As<Napi::Number>().Int32Value(); }
+float scaleOf(const Napi::Object& op) {
+  Napi::Value v = op.Get("outScale");
+  return v.IsNumber() ? v.As<Napi::Number>().FloatValue() : 0.f;
+}
+
+FeatureOp readFeature(const Napi::Object& f) {
+  const std::string kind = f.Get("kind").As<Napi::String>();
+  FeatureOp op;
+  if (kind == "conv") {
+    op.kind = OpKind::Conv;
+    op.kernel = int32(f.Get("kernel"));
+    op.inC = int32(f.Get("inC"));
+    op.outC = int32(f.Get("outC"));
+    op.weight = optionalFloats(f.Get("weight"));
+    op.bias = floats(f.Get("bias"));
+    op.outScale = scaleOf(f);
+  } else if (kind == "pool") {
+    op.kind = OpKind::MaxPool;
+  } else {
+    op.kind = OpKind::Lrn;
+    op.lrnSize = int32(f.Get("size"));
+    op.alpha = f.Get("alpha").As<Napi::Number>().FloatValue();
+    op.beta = f.Get("beta").As<Napi::Number>().FloatValue();
+    op.k = f.Get("k").As<Napi::Number>().FloatValue();
+    op.outScale = scaleOf(f);
+  }
+  return op;
+}
+
+PackedWeight readPacked(const Napi::Object& p) {
+  Napi::Uint8Array layout = p.Get("layout").As<Napi::Uint8Array>();
+  PackedWeight w;
+  w.layer = int32(p.Get("layer"));
+  w.layout.assign(reinterpret_cast<const char*>(layout.Data()), layout.ByteLength());
+  w.data = p.Get("data").As<Napi::Uint8Array>().Data();
+  w.scales = optionalFloats(p.Get("scales"));
+  return w;
+}
+
+}  // namespace
+
+Plan readPlan(const Napi::Object& js) {
+  Plan plan;
+  plan.threads = int32(js.Get("threads"));
+  plan.cudaDevice = int32(js.Get("cudaDevice"));
+  const std::string precision = js.Get("precision").As<Napi::String>();
+  plan.precision = precision == "bf16"   ? Precision::BF16
+                   : precision == "fp16" ? Precision::F16
+                   : precision == "int8" ? Precision::I8
+                                         : Precision::F32;
+  plan.winograd = js.Get("winograd").ToBoolean();
+  plan.libraryDirs = readStrings(js.Get("libraryDirs"));
+  plan.lastC = int32(js.Get("lastC"));
+  Napi::Array features = js.Get("features").As<Napi::Array>();
+  for (uint32_t i = 0; i < features.Length(); i++) plan.features.push_back(readFeature(features.Get(i).As<Napi::Object>()));
+  Napi::Array fc = js.Get("fc").As<Napi::Array>();
+  for (uint32_t i = 0; i < 3; i++) {
+    Napi::Object f = fc.Get(i).As<Napi::Object>();
+    plan.fc[i] = {int32(f.Get("inF")), int32(f.Get("outF")), optionalFloats(f.Get("weight")), floats(f.Get("bias")), scaleOf(f)};
+  }
+  Napi::Value packed = js.Get("packed");
+  if (packed.IsArray()) {
+    Napi::Array list = packed.As<Napi::Array>();
+    for (uint32_t i = 0; i < list.Length(); i++) plan.packed.push_back(readPacked(list.Get(i).As<Napi::Object>()));
+  }
+  return plan;
+}
+
+RunRequest readRunRequest(const Napi::CallbackInfo& info, std::vector<Napi::Reference<Napi::Value>>& pins) {
+  RunRequest r;
+  r.input = floats(info[0]);
+  r.n = int32(info[1]);
+  r.h = int32(info[2]);
+  r.w = int32(info[3]);
+  r.head = info[4].As<Napi::Boolean>() ? Head::Dense : Head::Fixed;
+  pins.push_back(Napi::Persistent(info[0]));
+  Napi::Array captures = info[5].As<Napi::Array>();
+  for (uint32_t i = 0; i < captures.Length(); i++) {
+    Napi::Array pair = captures.Get(i).As<Napi::Array>();
+    r.captures.push_back({int32(pair.Get(0u)), pair.Get(1u).As<Napi::Float32Array>().Data()});
+    pins.push_back(Napi::Persistent(pair.Get(1u)));
+  }
+  return r;
+}
+
+std::vector<RunRequest> readPackShapes(const Napi::Value& shapes) {
+  std::vector<RunRequest> out;
+  Napi::Array list = shapes.As<Napi::Array>();
+  for (uint32_t i = 0; i < list.Length(); i++) {
+    Napi::Array s = list.Get(i).As<Napi::Array>();
+    RunRequest r;
+    r.input = nullptr;
+    r.n = int32(s.Get(0u));
+    r.h = int32(s.Get(1u));
+    r.w = int32(s.Get(2u));
+    r.head = s.Get(3u).ToBoolean() ? Head::Dense : Head::Fixed;
+    out.push_back(r);
+  }
+  return out;
+}
+
+Napi::Value packedToJs(Napi::Env env, std::vector<PackedOut>& packed) {
+  Napi::Array out = Napi::Array::New(env, packed.size());
+  for (size_t i = 0; i < packed.size(); i++) {
+    PackedOut& p = packed[i];
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("layer", p.layer);
+    o.Set("layout", Napi::Buffer<char>::Copy(env, p.layout.data(), p.layout.size()));
+    auto* owner = new std::shared_ptr<std::vector<char>>(p.data);
+    const int64_t bytes = static_cast<int64_t>(p.data->size());
+    Napi::MemoryManagement::AdjustExternalMemory(env, bytes);  // so that V8 collects them in time
+    o.Set("data", Napi::Buffer<char>::New(env, (*owner)->data(), (*owner)->size(),
+                                          [](Napi::Env env, char*, std::shared_ptr<std::vector<char>>* h) {
+                                            Napi::MemoryManagement::AdjustExternalMemory(env, -static_cast<int64_t>((*h)->size()));
+                                            delete h;
+                                          },
+                                          owner));
+    if (!p.scales.empty()) {
+      Napi::Float32Array scales = Napi::Float32Array::New(env, p.scales.size());
+      std::copy(p.scales.begin(), p.scales.end(), scales.Data());
+      o.Set("scales", scales);
+    }
+    out.Set(i, o);
+  }
+  return out;
+}
+
+std::vector<std::string> readStrings(const Napi::Value& array) {
+  std::vector<std::string> out;
+  Napi::Array a = array.As<Napi::Array>();
+  for (uint32_t i = 0; i < a.Length(); i++) out.push_back(a.Get(i).As<Napi::String>());
+  return out;
+}
+
+}  // namespace vgg

@@ -1,0 +1,26 @@
+// The JS <-> C++ conversion at the addon's boundary: the plan, run and pack arguments as
+// lib/native.ts declares and validates them, read into plan.h's structs, and pack's result
+// handed back. Nothing here re-checks what TypeScript checked.
+#pragma once
+#include <string>
+#include <vector>
+#include <napi.h>
+#include "plan.h"
+
+namespace vgg {
+
+Plan readPlan(const Napi::Object& js);
+
+// run(input, n, h, w, dense, captures)'s arguments; every JS array they point into is
+// appended to `pins`, to be kept alive until the run completes.
+RunRequest readRunRequest(const Napi::CallbackInfo& info, std::vector<Napi::Reference<Napi::Value>>& pins);
+
+// pack(shapes)'s argument: one input-less request per [n, h, w, dense].
+std::vector<RunRequest> readPackShapes(const Napi::Value& shapes);
+
+// The packed layers as JS objects; each data buffer is handed over without a copy.
+Napi::Value packedToJs(Napi::Env env, std::vector<PackedOut>& packed);
+
+std::vector<std::string> readStrings(const Napi::Value& array);
+
+}  // namespace vgg
