@@ -1,7 +1,7 @@
 import * as path from 'node:path';
 import { VggError } from './errors';
 
-/** One feature layer as the addon reads it (native/plan.h). */
+/** One feature layer as the addon reads it (native/js_plan.cc into native/plan.h). */
 export type NativeFeatureOp =
   | { kind: 'conv'; kernel: number; inC: number; outC: number; weight: Float32Array | null; bias: Float32Array; outScale?: number }
   | { kind: 'pool' }
@@ -36,6 +36,12 @@ export interface NativePlan {
   lastC: number;
   features: NativeFeatureOp[];
   fc: [NativeFcOp, NativeFcOp, NativeFcOp];
+  /**
+   * The blobs each head numbers after the feature layers, and fc6's window: TypeScript's
+   * declaration (lib/arch/topology.ts), which the addon refuses if it computes otherwise.
+   */
+  headBlobs: { fixed: readonly string[]; dense: readonly string[] };
+  fc6Window: number;
 }
 
 export interface NativeExecutor {

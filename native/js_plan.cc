@@ -16,6 +16,57 @@ float scaleOf(const Napi::Object& op) {
   return v.IsNumber() ? v.As<Napi::Number>().FloatValue() : 0.f;
 }
 
+template <std::size_t N>
+std::string joined(const std::array<const char*, N>& names) {
+  std::string out;
+  for (const char* name : names) out += (out.empty() ? "" : ", ") + std::string(name);
+  return out;
+}
+
+// A plan's list of names as a message shows it; anything but an array reads as "none".
+std::string joined(const Napi::Value& names) {
+  if (!names.IsArray()) return "none";
+  Napi::Array a = names.As<Napi::Array>();
+  std::string out;
+  for (uint32_t i = 0; i < a.Length(); i++) out += (i ? ", " : "") + a.Get(i).ToString().Utf8Value();
+  return out;
+}
+
+template <std::size_t N>
+bool sameNames(const Napi::Value& names, const std::array<const char*, N>& expected) {
+  if (!names.IsArray() || names.As<Napi::Array>().Length() != N) return false;
+  Napi::Array a = names.As<Napi::Array>();
+  for (uint32_t i = 0; i < N; i++) {
+    Napi::Value v = a.Get(i);
+    if (!v.IsString() || v.As<Napi::String>().Utf8Value() != expected[i]) return false;
+  }
+  return true;
+}
+
+// A plan numbered or shaped otherwise than this addon computes comes from other sources than
+// it was built from: its captures would be filled with the wrong blobs, so it is refused whole.
+void checkLayout(const Napi::Object& js) {
+  Napi::Env env = js.Env();
+  const auto refuse = [&env](const std::string& what) {
+    throw Napi::Error::New(env, "vggnet's TypeScript and its native addon disagree: " + what +
+                                    "; rebuild the addon from these sources (npm run build:native)");
+  };
+  const Napi::Value window = js.Get("fc6Window");
+  if (!window.IsNumber() || window.As<Napi::Number>().DoubleValue() != kFc6Window) {
+    refuse("the plan's fc6 window is " + window.ToString().Utf8Value() + " but the addon's is " +
+           std::to_string(kFc6Window));
+  }
+  const Napi::Value heads = js.Get("headBlobs");
+  const Napi::Object byHead = heads.IsObject() ? heads.As<Napi::Object>() : Napi::Object::New(env);
+  const Napi::Value fixed = byHead.Get("fixed"), dense = byHead.Get("dense");
+  if (!sameNames(fixed, kFixedHeadBlobs)) {
+    refuse("the plan's fixed head blobs are " + joined(fixed) + " but the addon's are " + joined(kFixedHeadBlobs));
+  }
+  if (!sameNames(dense, kDenseHeadBlobs)) {
+    refuse("the plan's dense head blobs are " + joined(dense) + " but the addon's are " + joined(kDenseHeadBlobs));
+  }
+}
+
 FeatureOp readFeature(const Napi::Object& f) {
   const std::string kind = f.Get("kind").As<Napi::String>();
   FeatureOp op;
@@ -53,6 +104,7 @@ PackedWeight readPacked(const Napi::Object& p) {
 }  // namespace
 
 Plan readPlan(const Napi::Object& js) {
+  checkLayout(js);
   Plan plan;
   plan.threads = int32(js.Get("threads"));
   plan.cudaDevice = int32(js.Get("cudaDevice"));

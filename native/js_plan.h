@@ -1,6 +1,7 @@
 // The JS <-> C++ conversion at the addon's boundary: the plan, run and pack arguments as
 // lib/native.ts declares and validates them, read into plan.h's structs, and pack's result
-// handed back. Nothing here re-checks what TypeScript checked.
+// handed back. Nothing here re-checks what TypeScript checked, except that the plan's blob
+// numbering and fc6 window are the ones this addon computes.
 #pragma once
 #include <string>
 #include <vector>
@@ -9,6 +10,7 @@
 
 namespace vgg {
 
+// Throws a Napi::Error when the plan's head blobs or fc6 window differ from plan.h's.
 Plan readPlan(const Napi::Object& js);
 
 // run(input, n, h, w, dense, captures)'s arguments; every JS array they point into is

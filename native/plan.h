@@ -1,6 +1,8 @@
 // The network as TypeScript validated it: plain structs, no N-API, no oneDNN.
 // The backend compiles a Plan for each input shape; it trusts every field.
 #pragma once
+#include <array>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -26,7 +28,7 @@ struct FeatureOp {
 
 struct FcOp {
   int inF = 0, outF = 0;
-  const float* weight = nullptr;  // [outF, inF] row-major; fc6's inF is C*7*7 in CHW order
+  const float* weight = nullptr;  // [outF, inF] row-major; fc6's inF is C*kFc6Window^2 in CHW order
   const float* bias = nullptr;
   float outScale = 0;  // int8, fc6 and fc7: as FeatureOp::outScale
 };
@@ -67,10 +69,17 @@ struct PackedOut {
 
 enum class Head { Fixed, Dense };
 
+// What the backends compute, which TypeScript declares (lib/arch/topology.ts: HEAD_BLOBS,
+// FC6_WINDOW) and sends with every plan: readPlan (js_plan.cc) refuses a plan that disagrees.
 // Blob indices: 0..features.size()-1 are the feature layers' outputs, then the head's blobs
-// in the order of these enums.
-enum FixedBlob { kFixedFc6, kFixedFc7, kFixedFc8, kFixedProb, kFixedCount };
-enum DenseBlob { kDenseFc6, kDenseFc7, kDenseFc8Map, kDenseFc8, kDenseProb, kDenseCount };
+// in this order.
+inline constexpr std::array<const char*, 4> kFixedHeadBlobs = {"fc6", "fc7", "fc8", "prob"};
+inline constexpr std::array<const char*, 5> kDenseHeadBlobs = {"fc6", "fc7", "fc8_map", "fc8", "prob"};
+inline constexpr std::size_t headBlobCount(Head head) {
+  return head == Head::Fixed ? kFixedHeadBlobs.size() : kDenseHeadBlobs.size();
+}
+// The fixed head pools pool5 to this size; the dense head's fc6 is a conv of this kernel.
+inline constexpr int kFc6Window = 7;
 
 struct Capture {
   int blob;

@@ -77,10 +77,15 @@ export class Engine {
     this.calibration = calibration;
     this.#arch = weights.arch;
     // The plan pins the weights (and the mapped file) in the executor until dispose() is done.
-    this.#executor = new (native().Executor)({
-      ...buildPlan(weights, calibration), threads, cudaDevice, precision, winograd, libraryDirs,
-      ...(weights.packed ? { packed: weights.packed.packed } : {}),
-    });
+    const { Executor } = native();
+    try {
+      this.#executor = new Executor({
+        ...buildPlan(weights, calibration), threads, cudaDevice, precision, winograd, libraryDirs,
+        ...(weights.packed ? { packed: weights.packed.packed } : {}),
+      });
+    } catch (e) {
+      throw new VggError('E_BACKEND', `the native addon refused the network: ${(e as Error).message}`, { cause: e });
+    }
   }
 
   /**

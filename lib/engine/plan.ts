@@ -1,10 +1,10 @@
-import { FC6_WINDOW, featureLayers, lastWidth, LRN } from '../arch/topology';
+import { FC6_WINDOW, featureLayers, HEAD_BLOBS, lastWidth, LRN } from '../arch/topology';
 import type { NativeFeatureOp, NativePlan } from '../native';
 import { outScale, type Calibration } from '../weights/calibration';
 import type { ModelWeights } from '../weights/open';
 
 /** The network for the addon: every layer in order with its weights (and int8 ranges), already checked. */
-export function buildPlan(weights: ModelWeights, calibration?: Calibration): Pick<NativePlan, 'lastC' | 'features' | 'fc'> {
+export function buildPlan(weights: ModelWeights, calibration?: Calibration): Pick<NativePlan, 'lastC' | 'features' | 'fc' | 'headBlobs' | 'fc6Window'> {
   let conv = 0;
   const scale = (blob: string) => (calibration ? { outScale: outScale(calibration, blob) } : {});
   const features = featureLayers(weights.arch).map((l): NativeFeatureOp => {
@@ -23,5 +23,7 @@ export function buildPlan(weights: ModelWeights, calibration?: Calibration): Pic
       { inF: fcHidden, outF: fcHidden, ...fc7, ...scale('fc7') },
       { inF: fcHidden, outF: classes, ...fc8 },
     ],
+    headBlobs: HEAD_BLOBS,
+    fc6Window: FC6_WINDOW,
   };
 }
