@@ -122,7 +122,7 @@ void Context::init(const Plan& plan) {
   }
   // fc6 is OIHW [hidden, C, 7, 7]: packed to OHWI it serves the fixed head (pool5 flattened
   // in HWC order) and the dense head's 7x7 conv alike.
-  fc[0] = upload(plan.fc[0].weight, plan.fc[0].bias, plan.fc[0].outF, plan.lastC, plan.lastC, 7, dtype, compute);
+  fc[0] = upload(plan.fc[0].weight, plan.fc[0].bias, plan.fc[0].outF, plan.lastC, plan.lastC, kFc6Window, dtype, compute);
   for (int i = 1; i < 3; i++) fc[i] = upload(plan.fc[i].weight, plan.fc[i].bias, plan.fc[i].outF, plan.fc[i].inF, plan.fc[i].inF, 1, dtype, compute);
 }
 

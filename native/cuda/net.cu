@@ -1,6 +1,7 @@
 #include "net.h"
 
 #include <algorithm>
+#include <cassert>
 #include <cstdio>
 #include <cstdlib>
 #include "check.h"
@@ -8,7 +9,6 @@
 namespace vgg::cuda {
 
 namespace {
-constexpr int kWindow = 7;  // pool5 -> 7x7 before fc6, and fc6 as a 7x7 conv in the dense head
 const float kOne = 1.f, kZero = 0.f;
 
 cudnnDataType_t dnnType(DType t) {
@@ -51,6 +51,7 @@ void Net::build(const Plan& plan, int n, int h, int w, Head head) {
     meanOverSpace();
     softmax();
   }
+  assert(blobs_.size() == plan.features.size() + headBlobCount(head));  // the numbering readPlan checked
   CUDA_CHECK(cudaStreamSynchronize(ctx_.compute));
   const char* graphs = std::getenv("VGGNET_CUDA_GRAPHS");
   if (!graphs || std::string(graphs) != "0") captureGraph();
@@ -207,10 +208,11 @@ void Net::lrn(const FeatureOp& op) {
 }
 
 // torchvision's overlapping, unequal windows; identity when pool5 is already 7x7.
+static_assert(kFc6Window == 7, "kernels.cu's adaptiveAvgPool7 is written for a 7x7 window");
 void Net::adaptiveAvgPool7() {
   const Blob x = cur_;
-  if (x.h == kWindow && x.w == kWindow) return;
-  const Blob y = alloc(ctx_.dtype, x.n, x.c, kWindow, kWindow);
+  if (x.h == kFc6Window && x.w == kFc6Window) return;
+  const Blob y = alloc(ctx_.dtype, x.n, x.c, kFc6Window, kFc6Window);
   const Context& c = ctx_;
   void* out = const_cast<void*>(y.data);
   steps_.push_back([=, &c](cudaStream_t s) { vgg::cuda::adaptiveAvgPool7(x.data, out, c.dtype, x.n, x.h, x.w, x.c, s); });

@@ -1,6 +1,7 @@
 #include "net.h"
 
 #include <algorithm>
+#include <cassert>
 #include <cmath>
 
 namespace vgg::onednn {
@@ -10,10 +11,6 @@ using dnnl::memory;
 using dnnl::prop_kind;
 using tag = memory::format_tag;
 using dt = memory::data_type;
-
-namespace {
-constexpr int kWindow = 7;  // pool5 -> 7x7 before fc6, and fc6 as a 7x7 conv in the dense head
-}
 
 Net::Net(const Plan& plan, WeightCache& weights, const dnnl::engine& engine, dnnl::stream& stream,
          int n, int h, int w, Head head)
@@ -37,8 +34,8 @@ Net::Net(const Plan& plan, WeightCache& weights, const dnnl::engine& engine, dnn
   const FcOp& fc6 = plan.fc[0];
   const FcOp& fc7 = plan.fc[1];
   const FcOp& fc8 = plan.fc[2];
-  const memory::dims fc6_dims = {fc6.outF, plan.lastC, kWindow, kWindow};
-  // fc6 reads pool5 as [N, C, 7, 7]; its weights are [out, C*49] in CHW order, i.e. OIHW.
+  const memory::dims fc6_dims = {fc6.outF, plan.lastC, kFc6Window, kFc6Window};
+  // fc6 reads pool5 as [N, C, 7, 7]; its weights are [out, C*7*7] in CHW order, i.e. OIHW.
   const Layer l6{{layer, fc6.weight, fc6_dims, tag::oihw}, fc6.bias, true, fc6.outScale, false};
   const Layer l7{{layer + 1, fc7.weight, {fc7.outF, fc7.inF}, tag::oi}, fc7.bias, true, fc7.outScale, false};
   const Layer l8{{layer + 2, fc8.weight, {fc8.outF, fc8.inF}, tag::oi}, fc8.bias, false, 1, true};
@@ -61,6 +58,7 @@ Net::Net(const Plan& plan, WeightCache& weights, const dnnl::engine& engine, dnn
     meanOverSpace();  markBlob();
     softmax();        markBlob();
   }
+  assert(blobs_.size() == plan.features.size() + headBlobCount(head));  // the numbering readPlan checked
   allocate();
 }
 
@@ -177,19 +175,19 @@ void Net::lrn(const FeatureOp& op) {
 void Net::adaptiveAvgPool7() {
   const memory::dims d = cur_.get_desc().dims();
   const memory::dim N = d[0], C = d[1], H = d[2], W = d[3];
-  if (H == kWindow && W == kWindow) return;  // identity at 224x224
+  if (H == kFc6Window && W == kFc6Window) return;  // identity at 224x224
   memory plain = relayout(output_desc(d, tag::nchw), kPlain);
 
-  memory pooled = inSlot(output_desc({N, C, kWindow, kWindow}, tag::nchw), kPooled);
+  memory pooled = inSlot(output_desc({N, C, kFc6Window, kFc6Window}, tag::nchw), kPooled);
   Step step;
   step.custom = [plain, pooled, N, C, H, W]() {
     const float* src = static_cast<const float*>(plain.get_data_handle());
     float* dst = static_cast<float*>(pooled.get_data_handle());
     for (memory::dim p = 0; p < N * C; p++, src += H * W) {
-      for (int oy = 0; oy < kWindow; oy++) {
-        const memory::dim y0 = oy * H / kWindow, y1 = ((oy + 1) * H + kWindow - 1) / kWindow;
-        for (int ox = 0; ox < kWindow; ox++) {
-          const memory::dim x0 = ox * W / kWindow, x1 = ((ox + 1) * W + kWindow - 1) / kWindow;
+      for (int oy = 0; oy < kFc6Window; oy++) {
+        const memory::dim y0 = oy * H / kFc6Window, y1 = ((oy + 1) * H + kFc6Window - 1) / kFc6Window;
+        for (int ox = 0; ox < kFc6Window; ox++) {
+          const memory::dim x0 = ox * W / kFc6Window, x1 = ((ox + 1) * W + kFc6Window - 1) / kFc6Window;
           float sum = 0;
           for (memory::dim y = y0; y < y1; y++)
             for (memory::dim x = x0; x < x1; x++) sum += src[y * W + x];
