@@ -1,5 +1,5 @@
 // The addon's surface: mapFile, the Executor class and the backend's versions.
-// TypeScript (lib/native.ts) validates everything before it reaches these functions.
+// TypeScript validates everything before it reaches these functions; lib/native.ts declares them.
 #include <napi.h>
 #include "executor.h"
 #include "js_plan.h"

@@ -1,7 +1,8 @@
 // The JS <-> C++ conversion at the addon's boundary: the plan, run and pack arguments as
-// lib/native.ts declares and validates them, read into plan.h's structs, and pack's result
-// handed back. Nothing here re-checks what TypeScript checked, except that the plan's blob
-// numbering and fc6 window are the ones this addon computes.
+// lib/native.ts declares them (lib/engine/model.ts builds and checks them), read into
+// plan.h's structs, and pack's result handed back. Nothing here re-checks what TypeScript
+// checked, except that the plan's blob numbering and fc6 window are the ones this addon
+// computes.
 #pragma once
 #include <string>
 #include <vector>

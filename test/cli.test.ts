@@ -21,7 +21,7 @@ function tensor(file: SafetensorsFile, name: string): { data: Float32Array; shap
   return { data: readF32(file, entry), shape: entry.shape };
 }
 
-/** Max abs error over max abs value: the tolerance DESIGN.md sets against the float64 reference. */
+/** Max abs error over max abs value: the project's fp32 bar against the float64 reference (README's precisions table). */
 function assertClose(actual: { data: Float32Array; shape: number[] }, expected: { data: Float32Array; shape: number[] }, what: string) {
   assert.deepEqual(actual.shape, expected.shape, `${what}: shape`);
   let err = 0, max = 0;

@@ -5,7 +5,7 @@ import { loadModel, type Model } from '../lib';
 import { writeSafetensors } from '../lib/weights/safetensors';
 import { FIXTURES, readTensors, relError, repack, tmpDir, writeTemp } from './helpers';
 
-/** DESIGN.md's bar for fp32: max abs error over max abs value against PyTorch float64. */
+/** The project's fp32 bar (README's precisions table): max abs error over max abs value against PyTorch float64. */
 const TOLERANCE = 1e-4;
 
 interface Case { arch: string; batch_norm: boolean; weights: string; expected: string; params: number }

@@ -19,7 +19,7 @@ export function readTensors(file: string): Record<string, Tensor> {
   return out;
 }
 
-/** Max abs error over max abs expected value (DESIGN.md's measure); the abs error if expected is all zeros. */
+/** Max abs error over max abs expected value (the measure of the project's fp32 bar, README's precisions table); the abs error if expected is all zeros. */
 export function relError(actual: ArrayLike<number>, expected: ArrayLike<number>): number {
   if (actual.length !== expected.length) throw new Error(`relError: lengths differ (${actual.length} vs ${expected.length})`);
   let err = 0, scale = 0;

@@ -48,7 +48,7 @@ class Net {
   DeviceBuffer input_;
   int shape_[3];  // n, h, w of the input
   std::vector<DeviceBuffer> buffers_;
-  std::vector<Blob> blobs_;      // in blob-index order (what TypeScript numbers)
+  std::vector<Blob> blobs_;      // in blob-index order (plan.h's numbering)
   Blob cur_{};                   // the activation the next builder reads
   std::vector<Step> steps_;
   std::vector<std::function<void()>> cleanup_;  // descriptors to destroy
