@@ -1,5 +1,5 @@
 // The JS <-> C++ conversion at the addon's boundary: the plan, run and pack arguments as
-// lib/native.ts declares them (lib/engine/model.ts builds and checks them), read into
+// lib/native.ts declares them (lib/engine/ builds and checks them), read into
 // plan.h's structs, and pack's result handed back. Nothing here re-checks what TypeScript
 // checked, except that the plan's blob numbering and fc6 window are the ones this addon
 // computes.
