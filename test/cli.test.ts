@@ -5,6 +5,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { loadModel } from '../lib/model';
 import { readF32, readSafetensorsFile, type SafetensorsFile } from '../lib/weights/safetensors';
+import { relError } from './helpers';
 
 const fixtures = path.resolve(__dirname, '../../../shared/fixtures');
 const fixture = (name: string) => path.join(fixtures, name);
@@ -24,12 +25,8 @@ function tensor(file: SafetensorsFile, name: string): { data: Float32Array; shap
 /** Max abs error over max abs value: the project's fp32 bar against the float64 reference (README's precisions table). */
 function assertClose(actual: { data: Float32Array; shape: number[] }, expected: { data: Float32Array; shape: number[] }, what: string) {
   assert.deepEqual(actual.shape, expected.shape, `${what}: shape`);
-  let err = 0, max = 0;
-  for (let i = 0; i < expected.data.length; i++) {
-    err = Math.max(err, Math.abs(actual.data[i] - expected.data[i]));
-    max = Math.max(max, Math.abs(expected.data[i]));
-  }
-  assert.ok(err / max <= 1e-4, `${what}: relative error ${err / max}`);
+  const err = relError(actual.data, expected.data);
+  assert.ok(err <= 1e-4, `${what}: relative error ${err}`);
 }
 
 /** A failure is one stderr line `vgg: CODE: ...` and exit status 1. */

@@ -12,6 +12,7 @@ import { preprocess } from '../lib/images/preprocess';
 import { parseSafetensors, readF32 } from '../lib/weights/safetensors';
 import type { Tensor } from '../lib/tensor';
 import { createServer, vggnetPlugin, type ServeModel, type ServeOptions } from '../lib/serve';
+import { relError } from './helpers';
 
 const FIXTURES = process.env.VGGNET_FIXTURES ?? path.resolve(__dirname, '../../../shared/fixtures');
 const WEIGHTS = path.join(FIXTURES, 'D.weights.safetensors');
@@ -29,16 +30,6 @@ async function makeImage(seed: number, width = 64 + (seed % 5) * 8, height = 48 
     }
   }
   return sharp(pixels, { raw: { width, height, channels: 3 } }).png().toBuffer();
-}
-
-function relError(actual: ArrayLike<number>, expected: ArrayLike<number>): number {
-  assert.equal(actual.length, expected.length);
-  let err = 0, scale = 0;
-  for (let i = 0; i < expected.length; i++) {
-    err = Math.max(err, Math.abs(actual[i] - expected[i]));
-    scale = Math.max(scale, Math.abs(expected[i]));
-  }
-  return scale === 0 ? err : err / scale;
 }
 
 /** A model whose runs can be held at a gate, and which counts the images it ran. */
