@@ -1,16 +1,16 @@
 #!/usr/bin/env node
 // Makes the images in samples/ that the README's first command runs on. They are committed;
 // this script records how they were made (run it from the repository root, with sharp installed
-// and ../shared/fixtures present). The drawn scenes are made of gradients, shapes and seeded
+// and test/fixtures present). The drawn scenes are made of gradients, shapes and seeded
 // noise: they vary the way photos do (colour, texture, edges, size, format), so that features
 // and predictions differ between them, but they are not photos: coffee.jpg is the real one.
 'use strict';
 const path = require('node:path');
 const sharp = require('sharp');
-const { mulberry32 } = require('../dist/lib/random'); // npm run build:ts first
+const { mulberry32 } = require('../dist/lib/weights/random'); // npm run build:ts first
 
 const OUT = path.resolve('samples');
-const COFFEE = path.resolve('../shared/fixtures/images/coffee.png');
+const COFFEE = path.resolve('test/fixtures/images/coffee.png');
 
 /** Seeded uniform numbers in [0, 1), so that the images come out the same each run. */
 function random(seed) {

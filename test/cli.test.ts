@@ -5,10 +5,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { loadModel } from '../lib/model';
 import { readF32, readSafetensorsFile, type SafetensorsFile } from '../lib/weights/safetensors';
-import { relError } from './helpers';
+import { fixture, relError } from './helpers';
 
-const fixtures = path.resolve(__dirname, '../../../shared/fixtures');
-const fixture = (name: string) => path.join(fixtures, name);
 const main = path.resolve(__dirname, '../lib/cli/main.js');
 
 function vgg(...args: string[]) {

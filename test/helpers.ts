@@ -7,8 +7,11 @@ import { mulberry32 } from '../lib/weights/random';
 import { readF32, readSafetensorsFile } from '../lib/weights/safetensors';
 import type { Tensor } from '../lib/tensor';
 
-/** The read-only PyTorch fixtures (tests compile to dist/test); VGGNET_FIXTURES moves them (the GPU machine). */
-export const FIXTURES = process.env.VGGNET_FIXTURES ?? path.resolve(__dirname, '../../../shared/fixtures');
+/**
+ * The read-only PyTorch fixtures, in the repository (test/fixtures; the tests run from
+ * dist/test); VGGNET_FIXTURES moves them elsewhere (the GPU machine).
+ */
+export const FIXTURES = process.env.VGGNET_FIXTURES ?? path.resolve(__dirname, '../../test/fixtures');
 export const fixture = (name: string) => path.join(FIXTURES, name);
 
 /** Every tensor of a safetensors file as float32. */

@@ -5,11 +5,10 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import sharp from 'sharp';
 import { jobStatus, mergeJob, runWorker, submitJob, type JobWorker } from '../lib/jobs';
-import { prng } from './helpers';
+import { fixture, prng } from './helpers';
 import { TestRedis } from './redis';
 
-const FIXTURES = process.env.VGGNET_FIXTURES ?? path.resolve(__dirname, '../../../shared/fixtures');
-const WEIGHTS = path.join(FIXTURES, 'D.weights.safetensors');
+const WEIGHTS = fixture('D.weights.safetensors');
 const MAIN = path.resolve(__dirname, '../lib/cli/main.js');
 const COUNT = 40;
 const BAD = 13; // this image is not an image

@@ -5,8 +5,8 @@ import * as path from 'node:path';
 import { VggError } from '../lib/errors';
 import { readPth } from '../lib/weights/pth';
 import { parseSafetensors, readF32 } from '../lib/weights/safetensors';
+import { fixture } from './helpers';
 
-const fixtures = path.resolve(__dirname, '../../../shared/fixtures');
 
 // ---- A few pickle opcodes, enough to forge the data.pkl of small checkpoints. ----
 
@@ -97,8 +97,8 @@ describe('readPth', () => {
     });
 
   it('reads every tensor of D.pth bit for bit as the safetensors export has it', async () => {
-    const expected = parseSafetensors(fs.readFileSync(path.join(fixtures, 'D.weights.safetensors')), 'D.weights.safetensors');
-    const tensors = await readPth(path.join(fixtures, 'D.pth'));
+    const expected = parseSafetensors(fs.readFileSync(fixture('D.weights.safetensors')), 'D.weights.safetensors');
+    const tensors = await readPth(fixture('D.pth'));
     assert.deepEqual([...tensors.keys()].sort(), [...expected.tensors.keys()].sort());
     for (const [name, entry] of expected.tensors) {
       const got = tensors.get(name)!;
@@ -127,7 +127,7 @@ describe('readPth', () => {
   });
 
   it('rejects a truncated D.pth', async () => {
-    const whole = fs.readFileSync(path.join(fixtures, 'D.pth'));
+    const whole = fs.readFileSync(fixture('D.pth'));
     await rejects(write('truncated.pth', whole.subarray(0, whole.length >> 1)), 'E_WEIGHTS_FORMAT', /truncated\.pth: not a valid PyTorch zip checkpoint/);
   });
 

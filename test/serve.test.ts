@@ -12,10 +12,9 @@ import { preprocess } from '../lib/images/preprocess';
 import { parseSafetensors, readF32 } from '../lib/weights/safetensors';
 import type { Tensor } from '../lib/tensor';
 import { createServer, vggnetPlugin, type ServeModel, type ServeOptions } from '../lib/serve';
-import { relError } from './helpers';
+import { fixture, relError } from './helpers';
 
-const FIXTURES = process.env.VGGNET_FIXTURES ?? path.resolve(__dirname, '../../../shared/fixtures');
-const WEIGHTS = path.join(FIXTURES, 'D.weights.safetensors');
+const WEIGHTS = fixture('D.weights.safetensors');
 const MAIN = path.resolve(__dirname, '../lib/cli/main.js');
 
 /** A distinct small PNG: a gradient whose colours depend on the seed. */

@@ -10,8 +10,8 @@ cp "$root/package.json" "$root/package-lock.json" "$stage/"
   npm install --no-save --ignore-scripts --no-audit --no-fund mocha@11 node-api-headers@1 autocannon@9 >/dev/null)
 mkdir -p "$root/.device"
 tar -C "$stage" -cJf "$root/.device/modules.tar.xz" node_modules
-# The fixtures the GPU tests compare against (shared/ does not travel to the device).
-fixtures=$(cd "$root/../shared/fixtures" && pwd)
+# The fixtures the GPU tests compare against, compressed.
+fixtures="$root/test/fixtures"
 [ -f "$root/.device/fixtures.tar.xz" ] || tar -C "$fixtures" -cJf "$root/.device/fixtures.tar.xz" manifest.json input-224.safetensors input-256x320.safetensors \
   $(cd "$fixtures" && ls *.weights.safetensors *.io.safetensors | grep -v timm)
 rm -rf "$stage"
