@@ -216,3 +216,23 @@ describe('distributed jobs (BullMQ on a real redis-server)', function () {
     await mergedEqualsReference(id, 'term');
   });
 });
+
+describe('jobs: the tests on a machine without redis-server', () => {
+  it('fail with one line that names the package to install, not a stack trace', async function () {
+    if (process.env.REDIS_URL) this.skip(); // an external server: nothing is started
+    const saved = process.env.REDIS_SERVER;
+    process.env.REDIS_SERVER = path.join(os.tmpdir(), 'vggnet-no-such-dir', 'redis-server');
+    const redis = new TestRedis();
+    try {
+      await assert.rejects(redis.start(), (e: Error) => {
+        assert.match(e.message, /^\S+redis-server not found: .*apt-get install redis-server/);
+        assert.ok(!e.message.includes('\n') && e.stack === '', 'one line, no stack');
+        return true;
+      });
+    } finally {
+      if (saved === undefined) delete process.env.REDIS_SERVER;
+      else process.env.REDIS_SERVER = saved;
+      await redis.close();
+    }
+  });
+});

@@ -33,11 +33,14 @@ export class TestRedis {
       '--appendfsync', 'always', '--save', '', '--daemonize', 'no', '--maxmemory-policy', 'noeviction'], { stdio: ['ignore', 'pipe', 'pipe'] });
     this.#proc = proc;
     let log = '';
+    let failed: NodeJS.ErrnoException | undefined;
+    proc.once('error', (e) => { failed = e; });
     proc.stdout!.on('data', (d) => { log += d; });
     proc.stderr!.on('data', (d) => { log += d; });
     const deadline = Date.now() + 10000;
     while (!/Ready to accept connections/.test(log)) {
-      if (proc.exitCode !== null || Date.now() > deadline) throw new Error(`redis-server did not start (is Debian's redis-server installed?):\n${log}`);
+      if (failed?.code === 'ENOENT') throw missing(bin);
+      if (failed || proc.exitCode !== null || Date.now() > deadline) throw new Error(`${bin} did not start: ${failed?.message ?? log}`);
       await new Promise((r) => setTimeout(r, 20));
     }
   }
@@ -56,6 +59,13 @@ export class TestRedis {
     await this.stop();
     if (this.#dir) fs.rmSync(this.#dir, { recursive: true, force: true });
   }
+}
+
+/** A machine without redis-server: one line that says what to install, no stack trace to read. */
+function missing(bin: string): Error {
+  const e = new Error(`${bin} not found: the job tests need a Redis server (apt-get install redis-server, or REDIS_URL=redis://host:port for one already running)`);
+  e.stack = '';
+  return e;
 }
 
 function freePort(): Promise<number> {
