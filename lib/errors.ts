@@ -12,7 +12,8 @@ export type VggErrorCode =
   | 'E_IMAGE' // an image that cannot be decoded, or too large to try
   | 'E_FETCH' // a download failed: the network, the server's answer or the file's checksum
   | 'E_BUSY' // the server's queue is full, or it is shutting down: retry later
-  | 'E_TIMEOUT'; // a request took longer than the server's limit
+  | 'E_TIMEOUT' // a request took longer than the server's limit
+  | 'E_MISSING_DEPENDENCY'; // an optional peer dependency (fastify, bullmq, ...) that the app has not installed
 
 export class VggError extends Error {
   readonly code: VggErrorCode;

@@ -3,9 +3,10 @@
 // and code, a soak of bad bodies mixed into good traffic, and SIGTERM through the CLI.
 import { strict as assert } from 'node:assert';
 import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import sharp from 'sharp';
-import Fastify, { type FastifyInstance } from 'fastify';
+import type { FastifyInstance } from 'fastify';
 import { loadModel, type Model } from '../lib/model';
 import type { Outputs, RunOptions } from '../lib/engine';
 import { preprocess } from '../lib/images/preprocess';
@@ -13,6 +14,7 @@ import { parseSafetensors, readF32 } from '../lib/weights/safetensors';
 import type { Tensor } from '../lib/tensor';
 import { createServer, vggnetPlugin, type ServeModel, type ServeOptions } from '../lib/serve';
 import { fixture, relError } from './helpers';
+import { moduleEnv } from './modules';
 
 const WEIGHTS = fixture('D.weights.safetensors');
 const MAIN = path.resolve(__dirname, '../lib/cli/main.js');
@@ -192,24 +194,49 @@ describe('vgg serve', function () {
     });
   });
 
-  it('vggnetPlugin mounts the routes under a prefix of an existing app, leaving its other routes alone', async () => {
-    const app = Fastify();
-    running.push(app);
-    app.post('/echo', async (request) => ({ got: request.body }));
-    await app.register(vggnetPlugin, { model, prefix: '/vgg', maxBatch: 4 });
-    const url = await app.listen({ port: 0, host: '127.0.0.1' });
-    const echo = await fetch(`${url}/echo`, { method: 'POST', body: '{"a":1}', headers: { 'content-type': 'application/json' } });
-    assert.deepEqual(await echo.json(), { got: { a: 1 } });
-    const r = await post(`${url}/vgg/v1/features?outputs=fc7`, images[7]);
-    assert.equal(r.status, 200);
-    assert.ok(relError(r.json().outputs.fc7.data, singles[7].fc7.data) < 1e-5);
-    await assertError(await post(`${url}/vgg/v1/features`, 'nope'), 400, 'E_IMAGE');
-    const ready = async () => (await fetch(`${url}/vgg/readyz`)).status;
-    const end = Date.now() + 10_000;
-    while (await ready() !== 200 && Date.now() < end) await new Promise((res) => setTimeout(res, 20));
-    assert.equal(await ready(), 200);
-    assert.match(await (await fetch(`${url}/vgg/metrics`)).text(), /vggnet_images_total [1-9]/);
-    await stop(app);
+  // Each in an app of its own (a child process), as the app's fastify and @fastify/multipart
+  // resolve there: fastify 4 apps have @fastify/multipart 8 (installed here as fastify4-multipart).
+  for (const [major, fastifyPackage, modules] of [[5, 'fastify', {}], [4, 'fastify4', { '@fastify/multipart': 'fastify4-multipart' }]] as const) {
+    it(`vggnetPlugin mounts the routes under a prefix of a fastify ${major} app, leaving its other routes alone`, async () => {
+      const child = spawn(process.execPath, ['-r', path.resolve(__dirname, 'modules.js'), path.resolve(__dirname, 'fastify-app.js'), fastifyPackage],
+        { env: { ...process.env, ...moduleEnv(modules) }, stdio: ['ignore', 'pipe', 'pipe'] });
+      let stderr = '';
+      child.stderr!.on('data', (d) => { stderr += d; });
+      try {
+        const [version, url] = await new Promise<string[]>((resolve, reject) => {
+          child.stdout!.once('data', (d: Buffer) => resolve(d.toString().trim().split(' ')));
+          child.once('exit', () => reject(new Error(`the fastify ${major} app exited: ${stderr}`)));
+        });
+        assert.equal(Number(version.split('.')[0]), major);
+        const echo = await fetch(`${url}/echo`, { method: 'POST', body: '{"a":1}', headers: { 'content-type': 'application/json' } });
+        assert.deepEqual(await echo.json(), { got: { a: 1 } });
+        const r = await post(`${url}/vgg/v1/features?outputs=fc7`, images[7]);
+        assert.equal(r.status, 200);
+        assert.ok(relError(r.json().outputs.fc7.data, singles[7].fc7.data) < 1e-5);
+        const form = new FormData();
+        form.append('image', new Blob([images[6]], { type: 'image/png' }), 'x.png');
+        const m = await fetch(`${url}/vgg/v1/features`, { method: 'POST', body: form });
+        assert.equal(m.status, 200);
+        assert.ok(relError(((await m.json()) as { outputs: { fc7: { data: number[] } } }).outputs.fc7.data, singles[6].fc7.data) < 1e-5);
+        await assertError(await post(`${url}/vgg/v1/features`, 'nope'), 400, 'E_IMAGE');
+        const ready = async () => (await fetch(`${url}/vgg/readyz`)).status;
+        const end = Date.now() + 10_000;
+        while (await ready() !== 200 && Date.now() < end) await new Promise((res) => setTimeout(res, 20));
+        assert.equal(await ready(), 200);
+        assert.match(await (await fetch(`${url}/vgg/metrics`)).text(), /vggnet_images_total [1-9]/);
+      } finally {
+        child.kill('SIGTERM');
+      }
+    });
+  }
+
+  it('vggnetPlugin declares the fastify versions of package.json\'s peer range and stays encapsulated', () => {
+    const meta = (vggnetPlugin as unknown as Record<symbol, unknown>)[Symbol.for('plugin-meta')] as { fastify: string; name: string };
+    const pkg = JSON.parse(fs.readFileSync(path.resolve(__dirname, '../../package.json'), 'utf8')) as { peerDependencies: Record<string, string> };
+    assert.equal(meta.fastify, pkg.peerDependencies.fastify);
+    assert.equal(meta.name, 'vggnet');
+    // Its parsers and error handler stay its own (the echo route above shows it too).
+    assert.ok(!(vggnetPlugin as unknown as Record<symbol, unknown>)[Symbol.for('skip-override')]);
   });
 
   it('/readyz is 503 until the warm-up run is done', async () => {

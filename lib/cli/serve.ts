@@ -4,6 +4,7 @@ import { loadModel } from '../model';
 import { PRESETS, type Preset } from '../images/preprocess';
 import { createServer } from '../serve/server';
 import { VggError } from '../errors';
+import { checkPeers } from '../peers';
 import { type EngineFlags, engineOptions, engineSettings, positiveInt, positiveIntList, reportError } from './common';
 
 interface ServeFlags extends EngineFlags {
@@ -48,6 +49,7 @@ export function registerServe(program: Command): void {
 }
 
 async function serve(flags: ServeFlags): Promise<void> {
+  checkPeers('serve'); // before the model loads
   const model = await loadModel(flags.weights ?? await defaultWeights(), engineSettings(flags));
   const app = createServer(model, {
     maxBatch: flags.maxBatch,

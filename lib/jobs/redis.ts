@@ -1,10 +1,11 @@
 import type { ConnectionOptions, Queue } from 'bullmq';
 import { VggError } from '../errors';
+import { checkPeers } from '../peers';
 import type { JobSpec } from './spec';
 
-// Loaded on first use: an application that requires vggnet for inference alone should not pay
-// for a Redis client and queue library (about 130 ms of module loading) it never uses.
-export const bullmq = (): typeof import('bullmq') => require('bullmq');
+// An optional peer dependency, loaded on first use: an application that requires vggnet for
+// inference alone should not install or load a Redis client and queue library (about 130 ms).
+export const bullmq = (): typeof import('bullmq') => (checkPeers('jobs'), require('bullmq'));
 
 /** The BullMQ queue every shard of every job goes to; workers listen on it alone. */
 export const QUEUE = 'vggnet-shards';

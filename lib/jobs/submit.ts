@@ -3,6 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { VggError, checkInt } from '../errors';
 import { writeAtomic } from '../files';
+import { checkPeers } from '../peers';
 import { imageList, type PreprocessOptions } from '../images';
 import { SPEC_KEY, withQueue, type RawRedis } from './redis';
 import { readManifest, shardErrors, shardFile, shardJobId, type JobSpec, type ShardData } from './spec';
@@ -35,6 +36,7 @@ export interface SubmitResult {
  * output is already written.
  */
 export async function submitJob(images: string | string[], options: SubmitOptions): Promise<SubmitResult> {
+  checkPeers('jobs'); // before the manifest is written
   const outputs = options.outputs ?? ['fc7'];
   const shardSize = checkInt(options.shardSize ?? 1000, 'shardSize');
   const batchSize = checkInt(options.batchSize ?? 32, 'batchSize');

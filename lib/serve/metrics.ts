@@ -1,8 +1,9 @@
 import type * as PromClient from 'prom-client';
 import type { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { checkPeers } from '../peers';
 
 // Loaded on first use, with the rest of the HTTP service.
-const prom = (): typeof PromClient => require('prom-client');
+const prom = (): typeof PromClient => (checkPeers('serve'), require('prom-client'));
 
 /** The Prometheus metrics of one server, in a registry of its own (or the one given). */
 export class ServeMetrics {

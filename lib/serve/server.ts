@@ -1,4 +1,5 @@
 import type { FastifyError, FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest, FastifyServerOptions } from 'fastify';
+import fastifyPlugin from 'fastify-plugin';
 import type { Registry } from 'prom-client';
 import { classify } from '../tasks/classify';
 import { VggError, checkInt, checkOneOf, type VggErrorCode } from '../errors';
@@ -8,11 +9,12 @@ import { encodeSafetensors } from '../weights/safetensors';
 import type { Tensor } from '../tensor';
 import { Batcher } from './batcher';
 import { ServeMetrics } from './metrics';
+import { checkPeers, FASTIFY_VERSIONS } from '../peers';
 
-// Loaded on first use: an application that requires vggnet for inference alone should not pay
-// for an HTTP stack (about 100 ms of module loading) it never starts.
-const fastify = (): typeof import('fastify').default => require('fastify');
-const multipart = (): typeof import('@fastify/multipart').default => require('@fastify/multipart');
+// Optional peer dependencies, loaded on first use: an application that requires vggnet for
+// inference alone should not install or load an HTTP stack (about 100 ms) it never starts.
+const fastify = (): typeof import('fastify').default => (checkPeers('serve'), require('fastify'));
+const multipart = (): typeof import('@fastify/multipart').default => (checkPeers('serve'), require('@fastify/multipart'));
 
 /** What the server needs of a model: a Model, or anything that runs like one and names its blobs. */
 export type ServeModel = Runner & Pick<Engine, 'blobNames'>;
@@ -131,12 +133,7 @@ export class VggnetService {
   }
 }
 
-/**
- * The routes as a fastify plugin, for an app that already has a server:
- * `app.register(vggnetPlugin, { model, prefix: '/vgg' })`. Encapsulated: its body parsers and
- * error handler apply to its own routes only.
- */
-export const vggnetPlugin: FastifyPluginAsync<VggnetPluginOptions> = async (app, opts) => {
+const routes: FastifyPluginAsync<VggnetPluginOptions> = async (app, opts) => {
   const { model, service: given, ...options } = opts;
   // fastify's own plugin options (prefix, logLevel) are not ours.
   const serveOptions = pick(options as Record<string, unknown>, SERVE_KEYS) as ServeOptions;
@@ -267,6 +264,13 @@ export const vggnetPlugin: FastifyPluginAsync<VggnetPluginOptions> = async (app,
     return reply.type(registry.contentType).send(await registry.metrics());
   });
 };
+
+/**
+ * The routes as a fastify plugin, for an app that already has a server:
+ * `app.register(vggnetPlugin, { model, prefix: '/vgg' })`. Encapsulated: its body parsers and
+ * error handler apply to its own routes only. A fastify outside FASTIFY_VERSIONS refuses it.
+ */
+export const vggnetPlugin = fastifyPlugin(routes, { name: 'vggnet', fastify: FASTIFY_VERSIONS, encapsulate: true });
 
 const SERVE_KEYS = ['maxBatch', 'maxDelayMs', 'maxQueue', 'timeoutMs', 'bodyLimit', 'maxPixels', 'preset', 'warmup', 'retryAfterS', 'registry', 'onBatch'];
 
