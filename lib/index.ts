@@ -21,6 +21,6 @@ export type { ExtractOptions, ExtractRecord, ExtractSource, ImageInput } from '.
 export { presetArch, inferShapes, countParams, countMacs, layerTable, blobNames, PRESET_CFGS } from './arch/topology';
 export type { Arch, CfgItem, Head, LayerRow } from './arch/topology';
 export { createServer, vggnetPlugin, VggnetService, Batcher } from './serve';
-export type { ServeModel, ServeOptions, VggnetPluginOptions, BatcherOptions } from './serve';
+export type { ServeModel, ServeOptions, VggnetPlugin, VggnetPluginOptions, VggnetServer, BatcherOptions } from './serve';
 export { submitJob, runWorker, jobStatus, mergeJob } from './jobs';
 export type { SubmitOptions, SubmitResult, WorkerOptions, JobWorker, JobStatus, JobSpec, MergeResult } from './jobs';

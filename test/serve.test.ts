@@ -6,13 +6,12 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import sharp from 'sharp';
-import type { FastifyInstance } from 'fastify';
 import { loadModel, type Model } from '../lib/model';
 import type { Outputs, RunOptions } from '../lib/engine';
 import { preprocess } from '../lib/images/preprocess';
 import { parseSafetensors, readF32 } from '../lib/weights/safetensors';
 import type { Tensor } from '../lib/tensor';
-import { createServer, vggnetPlugin, type ServeModel, type ServeOptions } from '../lib/serve';
+import { createServer, vggnetPlugin, type ServeModel, type ServeOptions, type VggnetServer } from '../lib/serve';
 import { fixture, relError } from './helpers';
 import { moduleEnv } from './modules';
 
@@ -53,8 +52,8 @@ class GatedModel implements ServeModel {
   release(): void { this.#open(); this.#gate = Promise.resolve(); }
 }
 
-interface Started { app: FastifyInstance; url: string }
-const running: FastifyInstance[] = [];
+interface Started { app: VggnetServer; url: string }
+const running: VggnetServer[] = [];
 
 async function start(model: ServeModel, options: ServeOptions = {}): Promise<Started> {
   const app = createServer(model, options);
@@ -64,7 +63,7 @@ async function start(model: ServeModel, options: ServeOptions = {}): Promise<Sta
   return { app, url };
 }
 
-async function stop(app: FastifyInstance): Promise<void> {
+async function stop(app: VggnetServer): Promise<void> {
   running.splice(running.indexOf(app), 1);
   await app.close();
 }

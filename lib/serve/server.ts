@@ -1,14 +1,12 @@
-import type { FastifyError, FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest, FastifyServerOptions } from 'fastify';
+import type { FastifyError, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
 import fastifyPlugin from 'fastify-plugin';
-import type { Registry } from 'prom-client';
 import { classify } from '../tasks/classify';
-import { VggError, checkInt, checkOneOf, type VggErrorCode } from '../errors';
-import type { Engine, Outputs, Runner } from '../engine';
-import { preprocess, PRESETS, type Preset } from '../images/preprocess';
+import { VggError, type VggErrorCode } from '../errors';
+import type { Outputs, Runner } from '../engine';
+import { preprocess } from '../images/preprocess';
 import { encodeSafetensors } from '../weights/safetensors';
 import type { Tensor } from '../tensor';
-import { Batcher } from './batcher';
-import { ServeMetrics } from './metrics';
+import { VggnetService, type ServeModel, type ServeOptions } from './service';
 import { checkPeers, FASTIFY_VERSIONS } from '../peers';
 
 // Optional peer dependencies, loaded on first use: an application that requires vggnet for
@@ -16,33 +14,9 @@ import { checkPeers, FASTIFY_VERSIONS } from '../peers';
 const fastify = (): typeof import('fastify').default => (checkPeers('serve'), require('fastify'));
 const multipart = (): typeof import('@fastify/multipart').default => (checkPeers('serve'), require('@fastify/multipart'));
 
-/** What the server needs of a model: a Model, or anything that runs like one and names its blobs. */
-export type ServeModel = Runner & Pick<Engine, 'blobNames'>;
-
-export interface ServeOptions {
-  /** Most images in one engine batch; 32 by default. */
-  maxBatch?: number;
-  /** How long the first image of a batch waits for company; 5 ms by default. */
-  maxDelayMs?: number;
-  /** Most images waiting for a batch; past it requests are 503 E_BUSY. 256 by default. */
-  maxQueue?: number;
-  /** Per-request limit from arrival (decoding, queue, inference) to answer; past it 504 E_TIMEOUT. 30000 by default. */
-  timeoutMs?: number;
-  /** Largest request body in bytes; past it 413. 20 MiB by default. */
-  bodyLimit?: number;
-  /** Images with more pixels are 400 E_IMAGE (decompression bombs); 40e6 by default. */
-  maxPixels?: number;
-  /** The preprocessing the weights were trained with; torchvision by default. */
-  preset?: Preset;
-  /** Batch sizes to run once before /readyz says ready (the first run of a shape compiles it); every size the batcher uses by default, [] for none. */
-  warmup?: number[];
-  /** Seconds in Retry-After of a 503; 1 by default. */
-  retryAfterS?: number;
-  /** Where the Prometheus metrics go; a registry of the server's own by default. */
-  registry?: Registry;
-  /** Called with the size of each batch as it starts. */
-  onBatch?: (size: number) => void;
-}
+// The exported types below are spelled without fastify's: vggnet's declarations then compile
+// in an app without fastify, and without esModuleInterop (pino >= 10.3, under fastify's logger
+// types, default-imports the `export =` module thread-stream).
 
 export interface VggnetPluginOptions extends ServeOptions {
   model: ServeModel;
@@ -50,88 +24,21 @@ export interface VggnetPluginOptions extends ServeOptions {
   service?: VggnetService;
 }
 
-const DEFAULT_OUTPUTS = ['fc7'];
-const MIB = 1024 * 1024;
+/** A fastify plugin (4 or 5) taking VggnetPluginOptions; `app.register` checks the options. */
+export type VggnetPlugin = (app: any, options: VggnetPluginOptions) => Promise<void>;
 
-/** The batcher, the metrics and the readiness of one model behind HTTP. */
-export class VggnetService {
-  readonly model: ServeModel;
-  readonly batcher: Batcher;
-  readonly metrics: ServeMetrics;
-  readonly options: Required<Omit<ServeOptions, 'registry' | 'onBatch'>>;
-  #warm: Promise<void> | undefined;
-  #ready = false;
-  #warmError: unknown;
-  #closing = false;
-  #closed: Promise<void> | undefined;
-
-  constructor(model: ServeModel, options: ServeOptions = {}) {
-    this.model = model;
-    const o = options;
-    this.options = {
-      maxBatch: o.maxBatch ?? 32,
-      maxDelayMs: o.maxDelayMs ?? 5,
-      maxQueue: o.maxQueue ?? 256,
-      timeoutMs: o.timeoutMs ?? 30_000,
-      bodyLimit: o.bodyLimit ?? 20 * MIB,
-      maxPixels: o.maxPixels ?? 40e6,
-      preset: o.preset ?? 'torchvision',
-      warmup: o.warmup ?? batchSizes(o.maxBatch ?? 32),
-      retryAfterS: o.retryAfterS ?? 1,
-    };
-    for (const key of ['timeoutMs', 'bodyLimit', 'maxPixels', 'retryAfterS'] as const) checkInt(this.options[key], key);
-    checkOneOf(this.options.preset, 'preset', PRESETS);
-    this.metrics = new ServeMetrics(options.registry);
-    const metrics = this.metrics;
-    this.batcher = new Batcher({
-      async run(input, runOptions) {
-        const out = await model.run(input, runOptions);
-        metrics.imagesDone(input.shape[0]);
-        return out;
-      },
-    }, {
-      maxBatch: this.options.maxBatch,
-      maxDelayMs: this.options.maxDelayMs,
-      maxQueue: this.options.maxQueue,
-      onBatch: (n) => { metrics.batchSize.observe(n); options.onBatch?.(n); },
-      onQueueDepth: (d) => metrics.queueDepth.set(d),
-    });
-  }
-
-  /** Runs the warm-up batches once; resolves when ready (rejects if the model cannot run). */
-  warm(): Promise<void> {
-    this.#warm ??= (async () => {
-      const [h, w] = [224, 224];
-      for (const n of this.options.warmup) {
-        await this.model.run({ data: new Float32Array(n * 3 * h * w), shape: [n, 3, h, w] }, { outputs: ['prob'] });
-      }
-      this.#ready = true;
-    })().catch((e: unknown) => {
-      this.#warmError = e;
-      throw e;
-    });
-    return this.#warm;
-  }
-
-  get ready(): boolean {
-    return this.#ready && !this.#closing;
-  }
-
-  get warmError(): unknown {
-    return this.#warmError;
-  }
-
-  get closing(): boolean {
-    return this.#closing;
-  }
-
-  /** Not ready any more; the queued images run at once. Resolves when every batch is done. */
-  close(): Promise<void> {
-    this.#closing = true;
-    this.#closed ??= this.batcher.close();
-    return this.#closed;
-  }
+/** What createServer returns: a fastify instance (`as unknown as FastifyInstance` for the rest of its API). */
+export interface VggnetServer {
+  /** The batcher, the metrics and the readiness. */
+  readonly vggnet: VggnetService;
+  /** Starts listening; resolves to the address, like `http://127.0.0.1:8080`. */
+  listen(options: { port?: number; host?: string }): Promise<string>;
+  /** Stops accepting, finishes the requests in flight. */
+  close(): Promise<unknown>;
+  ready(): PromiseLike<unknown>;
 }
+
+const DEFAULT_OUTPUTS = ['fc7'];
 
 const routes: FastifyPluginAsync<VggnetPluginOptions> = async (app, opts) => {
   const { model, service: given, ...options } = opts;
@@ -270,7 +177,7 @@ const routes: FastifyPluginAsync<VggnetPluginOptions> = async (app, opts) => {
  * `app.register(vggnetPlugin, { model, prefix: '/vgg' })`. Encapsulated: its body parsers and
  * error handler apply to its own routes only. A fastify outside FASTIFY_VERSIONS refuses it.
  */
-export const vggnetPlugin = fastifyPlugin(routes, { name: 'vggnet', fastify: FASTIFY_VERSIONS, encapsulate: true });
+export const vggnetPlugin: VggnetPlugin = fastifyPlugin(routes, { name: 'vggnet', fastify: FASTIFY_VERSIONS, encapsulate: true });
 
 const SERVE_KEYS = ['maxBatch', 'maxDelayMs', 'maxQueue', 'timeoutMs', 'bodyLimit', 'maxPixels', 'preset', 'warmup', 'retryAfterS', 'registry', 'onBatch'];
 
@@ -280,18 +187,12 @@ function pick(o: Record<string, unknown>, keys: string[]): Record<string, unknow
   return out;
 }
 
-declare module 'fastify' {
-  interface FastifyInstance {
-    vggnet: VggnetService;
-  }
-}
-
 /**
  * A fastify server with the routes of vggnetPlugin at the root, a JSON 404, and
  * `app.vggnet` (the batcher, metrics and readiness). Call `app.listen({ port, host })`; the
  * caller owns the model (dispose it after `app.close()`).
  */
-export function createServer(model: ServeModel, options: ServeOptions & { logger?: FastifyServerOptions['logger'] } = {}): FastifyInstance {
+export function createServer(model: ServeModel, options: ServeOptions & { logger?: boolean | Record<string, unknown> } = {}): VggnetServer {
   const { logger, ...serveOptions } = options;
   const service = new VggnetService(model, serveOptions);
   const app = fastify()({ logger: logger ?? false, bodyLimit: service.options.bodyLimit, return503OnClosing: false });
@@ -304,7 +205,7 @@ export function createServer(model: ServeModel, options: ServeOptions & { logger
     void reply.code(status).send({ error: { code, message: err.message } });
   });
   void app.register(vggnetPlugin, { model, service });
-  return app;
+  return app as typeof app & Pick<VggnetServer, 'vggnet'>; // decorated above
 }
 
 /** HTTP status and error code of a failure. */
@@ -371,11 +272,4 @@ function raceAbort<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
     signal.addEventListener('abort', onAbort, { once: true });
     promise.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
   });
-}
-
-/** The sizes the batcher pads its batches to: powers of two up to maxBatch, and maxBatch. */
-export function batchSizes(maxBatch: number): number[] {
-  const sizes: number[] = [];
-  for (let n = 1; n < maxBatch; n *= 2) sizes.push(n);
-  return [...sizes, maxBatch];
 }
