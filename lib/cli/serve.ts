@@ -3,8 +3,7 @@ import { defaultWeights } from '../weights/default-weights';
 import { loadModel } from '../model';
 import { PRESETS, type Preset } from '../images/preprocess';
 import { createServer } from '../serve/server';
-import { VggError } from '../errors';
-import { checkPeers } from '../peers';
+import { VggError, checkPeers } from '../errors';
 import { type EngineFlags, engineOptions, engineSettings, positiveInt, positiveIntList, reportError } from './common';
 
 interface ServeFlags extends EngineFlags {

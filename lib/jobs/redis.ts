@@ -1,6 +1,5 @@
 import type { ConnectionOptions, Queue } from 'bullmq';
-import { VggError } from '../errors';
-import { checkPeers } from '../peers';
+import { VggError, checkPeers } from '../errors';
 import type { JobSpec } from './spec';
 
 // An optional peer dependency, loaded on first use: an application that requires vggnet for

@@ -1,9 +1,8 @@
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { VggError, checkInt } from '../errors';
+import { VggError, checkInt, checkPeers } from '../errors';
 import { writeAtomic } from '../files';
-import { checkPeers } from '../peers';
 import { imageList, type PreprocessOptions } from '../images';
 import { SPEC_KEY, withQueue, type RawRedis } from './redis';
 import { readManifest, shardErrors, shardFile, shardJobId, type JobSpec, type ShardData } from './spec';

@@ -1,6 +1,6 @@
 import type * as PromClient from 'prom-client';
 import type { Counter, Gauge, Histogram, Registry } from 'prom-client';
-import { checkPeers } from '../peers';
+import { checkPeers } from '../errors';
 
 // Loaded on first use, with the rest of the HTTP service.
 const prom = (): typeof PromClient => (checkPeers('serve'), require('prom-client'));

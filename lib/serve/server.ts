@@ -1,13 +1,12 @@
 import type { FastifyError, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
 import fastifyPlugin from 'fastify-plugin';
 import { classify } from '../tasks/classify';
-import { VggError, type VggErrorCode } from '../errors';
+import { VggError, checkPeers, type VggErrorCode } from '../errors';
 import type { Outputs, Runner } from '../engine';
 import { preprocess } from '../images/preprocess';
 import { encodeSafetensors } from '../weights/safetensors';
 import type { Tensor } from '../tensor';
 import { VggnetService, type ServeModel, type ServeOptions } from './service';
-import { checkPeers, FASTIFY_VERSIONS } from '../peers';
 
 // Optional peer dependencies, loaded on first use: an application that requires vggnet for
 // inference alone should not install or load an HTTP stack (about 100 ms) it never starts.
@@ -37,6 +36,9 @@ export interface VggnetServer {
   close(): Promise<unknown>;
   ready(): PromiseLike<unknown>;
 }
+
+/** The fastify versions vggnetPlugin mounts in (4 and 5 are tested); package.json's peer range says the same. */
+export const FASTIFY_VERSIONS = '^4.26.0 || ^5.0.0';
 
 const DEFAULT_OUTPUTS = ['fc7'];
 
