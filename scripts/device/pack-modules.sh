@@ -5,9 +5,11 @@ set -euo pipefail
 root=$(git rev-parse --show-toplevel)
 stage=$(mktemp -d)
 cp "$root/package.json" "$root/package-lock.json" "$stage/"
-# The dev dependencies go from the staged package.json: mocha, the headers and autocannon are wanted, the rest not.
+# The dev dependencies go from the staged package.json: mocha, the headers and autocannon are wanted, the rest not;
+# the optional peer dependencies (HTTP service, jobs) are added as an app that serves would.
 (cd "$stage" && npm pkg delete devDependencies && npm install --ignore-scripts --no-audit --no-fund >/dev/null &&
-  npm install --no-save --ignore-scripts --no-audit --no-fund mocha@11 node-api-headers@1 autocannon@9 >/dev/null)
+  npm install --no-save --ignore-scripts --no-audit --no-fund mocha@11 node-api-headers@1 autocannon@9 \
+    fastify@5 @fastify/multipart@10 prom-client@15 bullmq@5 >/dev/null)
 mkdir -p "$root/.device"
 tar -C "$stage" -cJf "$root/.device/modules.tar.xz" node_modules
 # The fixtures the GPU tests compare against, compressed.
