@@ -16,6 +16,7 @@
     "cflags!": ["-fno-exceptions"],
     "cflags_cc!": ["-fno-exceptions", "-fno-rtti"],
     "cflags_cc": ["-std=c++17", "-fexceptions", "-fopenmp", "-O2"],
-    "libraries": ["-ldnnl", "-fopenmp"]
+    "libraries": ["-ldnnl", "-fopenmp"],
+    "ldflags": ["-Wl,--disable-new-dtags", "-Wl,-rpath,'$$ORIGIN'"]
   }]
 }

@@ -1,3 +1,4 @@
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { VggError } from './errors';
 
@@ -71,14 +72,43 @@ interface Addon {
 
 let addon: Addon | undefined;
 
-/** The compiled addon; cmake-js and node-gyp both put it in build/Release. */
+/** Where npm installs a prebuilt addon (the platform package in optionalDependencies, chosen by os/cpu/libc). */
+const PREBUILT = 'linux-x64 with glibc 2.34+ (reinstall vggnet there without --omit=optional)';
+/** The commands that build the addon inside an installed vggnet (README: "Build from source"). */
+const FROM_SOURCE = 'apt-get install libdnnl-dev g++ make python3 && npm explore vggnet -- npm run build:source';
+
+/**
+ * The addon file: a local build first (a clone, or a from-source build, which someone made on
+ * purpose: a prebuilt installed beside it must not shadow it), else the platform package.
+ */
+function addonFile(): string | undefined {
+  const local = path.resolve(__dirname, '..', '..', 'build', 'Release', 'vggnet.node');
+  if (fs.existsSync(local)) return local;
+  try {
+    return require.resolve(`@vggnet/${process.platform}-${process.arch}/vggnet.node`);
+  } catch {
+    return undefined;
+  }
+}
+
+/** e.g. linux-x64 (glibc 2.36), linux-x64 (musl), darwin-arm64: what the message names. */
+function runtimePlatform(): string {
+  if (process.platform !== 'linux') return `${process.platform}-${process.arch}`;
+  const header = (process.report.getReport() as { header?: { glibcVersionRuntime?: string } }).header;
+  return `linux-${process.arch} (${header?.glibcVersionRuntime ? `glibc ${header.glibcVersionRuntime}` : 'musl'})`;
+}
+
+/** The compiled addon: a local build (build/Release) or the prebuilt platform package. */
 export function native(): Addon {
   if (!addon) {
-    const file = path.resolve(__dirname, '..', '..', 'build', 'Release', 'vggnet.node');
+    const file = addonFile();
+    if (!file) {
+      throw new VggError('E_BACKEND', `vggnet has no native addon for ${runtimePlatform()}: prebuilt addons are for ${PREBUILT}; elsewhere build one: ${FROM_SOURCE}`);
+    }
     try {
       addon = require(file) as Addon;
     } catch (e) {
-      throw new VggError('E_BACKEND', `cannot load the native addon ${file}: ${(e as Error).message} (run \`npm run build\`)`, { cause: e });
+      throw new VggError('E_BACKEND', `cannot load the native addon ${file}: ${(e as Error).message}`, { cause: e });
     }
   }
   return addon;
