@@ -5,7 +5,8 @@
 //   vggnet-linux-x64-<v>.tgz   @vggnet/linux-x64: build/Release/vggnet.node and every shared
 //                              library it needs beyond glibc, libstdc++ and libgcc (found through
 //                              its $ORIGIN rpath, set at link time), with their license texts
-// Run after `npm run build` on linux-x64 glibc with Debian's libdnnl (dpkg names the packages
+// `npm run package` compiles a fresh dist/ first (no stale files from moved sources). Run after
+// `npm run build:native` on linux-x64 glibc with Debian's libdnnl (dpkg names the packages
 // whose copyright files go beside the libraries).
 'use strict';
 const { execFileSync } = require('node:child_process');
