@@ -20,7 +20,7 @@ describe('default weights', () => {
     // torchvision's initialisation scale: conv1_1 kaiming over fan_out (sqrt(2 / (64 * 9))), fc N(0, 0.01).
     const std = (a: Float32Array) => Math.sqrt(a.reduce((s, v) => s + v * v, 0) / a.length);
     assert.ok(Math.abs(std(convs[0].weight!) / Math.sqrt(2 / 576) - 1) < 0.05, `conv1_1 std ${std(convs[0].weight!)}`);
-    assert.ok(Math.abs(std(fc[2].weight!) / 0.01 - 1) < 0.01, `fc8 std ${std(fc[2].weight!)}`);
+    assert.ok(Math.abs(std(fc[2]!.weight!) / 0.01 - 1) < 0.01, `fc8 std ${std(fc[2]!.weight!)}`);
 
     // The cached call reuses the file: not rewritten (same inode, same mtime), no temp file made.
     const before = fs.statSync(file, { bigint: true });

@@ -12,8 +12,17 @@ export interface Arch {
   arch: string;
   batchNorm: boolean;
   cfg: CfgItem[];
+  /** 0 with classes 0: weights without a classifier (Keras notop), a feature extractor up to pool5. */
   fcHidden: number;
   classes: number;
+}
+
+/** Whether the weights have the classifier (fc6, fc7, fc8); without it only the feature blobs exist. */
+export const hasClassifier = (a: Arch) => a.classes > 0;
+
+/** The E_ARG for asking weights without a classifier for what only the classifier computes. */
+export function noClassifier(what: string): VggError {
+  return new VggError('E_ARG', `${what}: the weights have no classifier (fc6, fc7, fc8: a notop or features-only file), so the blobs end at pool5`);
 }
 
 /** The VGG paper's Table 1. */
@@ -66,8 +75,9 @@ export function validateArch(a: Arch, what = 'arch'): Arch {
   });
   if (!a.cfg.some((v) => typeof v === 'number' || Array.isArray(v))) fail('a cfg with at least one convolution', a.cfg);
   if (a.cfg[a.cfg.length - 1] !== 'M') fail(`a cfg that ends with 'M' (pool5 feeds the classifier)`, a.cfg);
-  if (!isWidth(a.fcHidden)) fail('a positive integer fcHidden', a.fcHidden);
-  if (!isWidth(a.classes)) fail('a positive integer classes', a.classes);
+  const featuresOnly = a.fcHidden === 0 && a.classes === 0;
+  if (!isWidth(a.fcHidden) && !featuresOnly) fail('a positive integer fcHidden (or 0 with 0 classes: no classifier)', a.fcHidden);
+  if (!isWidth(a.classes) && !featuresOnly) fail('a positive integer classes (or 0 with fcHidden 0: no classifier)', a.classes);
   if (typeof a.batchNorm !== 'boolean') fail('a boolean batchNorm', a.batchNorm);
   return a;
 }
@@ -125,6 +135,10 @@ export function inferShapes(a: Arch, n: number, h: number, w: number, head: Head
     }
     blobs.push({ name: l.name, shape: [n, c, h, w] });
   }
+  if (!hasClassifier(a)) {
+    if (head === 'dense') throw noClassifier('the dense head');
+    return blobs;
+  }
   if (head === 'fixed') {
     blobs.push({ name: 'fc6', shape: [n, a.fcHidden] }, { name: 'fc7', shape: [n, a.fcHidden] });
     blobs.push({ name: 'fc8', shape: [n, a.classes] }, { name: 'prob', shape: [n, a.classes] });
@@ -143,7 +157,7 @@ export function inferShapes(a: Arch, n: number, h: number, w: number, head: Head
 
 /** The names of every blob this architecture has, in network order. */
 export function blobNames(a: Arch, head: Head): string[] {
-  return [...featureLayers(a).map((l) => l.name), ...HEAD_BLOBS[head]];
+  return [...featureLayers(a).map((l) => l.name), ...(hasClassifier(a) ? HEAD_BLOBS[head] : [])];
 }
 
 export interface LayerRow {
@@ -173,6 +187,7 @@ export function layerTable(a: Arch, h = 224, w = 224): LayerRow[] {
       rows.push({ name: l.name, type: 'lrn', kernel: `${LRN.size}`, stride: 1, padding: 0, shape, params: 0, macs: 0 });
     }
   });
+  if (!hasClassifier(a)) return rows;
   const c = lastWidth(a);
   const fc = (name: string, inF: number, outF: number): LayerRow =>
     ({ name, type: 'fc', kernel: '-', stride: 1, padding: 0, shape: [outF], params: inF * outF + outF, macs: inF * outF });

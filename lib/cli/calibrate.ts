@@ -14,7 +14,7 @@ interface CalibrateFlags {
   out: string;
   batch: number;
   threads?: number;
-  preset: Preset;
+  preset?: Preset;
   size: number;
   crop: number | false;
 }

@@ -12,7 +12,7 @@ interface ClassifyFlags extends EngineFlags {
   dense?: true;
   scales?: number[];
   flip?: true;
-  preset: Preset;
+  preset?: Preset;
   json?: true;
 }
 
@@ -25,7 +25,7 @@ export function registerClassify(program: Command): void {
     .option('--dense', "the paper's dense evaluation over several scales instead of one 224x224 center crop")
     .option('--scales <Q,...>', `shorter sides for --dense (default: ${DENSE_SCALES.join(',')})`, positiveIntList)
     .option('--flip', 'also average the posteriors of the mirrored image')
-    .addOption(new Option('--preset <name>', 'the preprocessing the weights were trained with').choices(PRESETS).default('torchvision'))
+    .addOption(new Option('--preset <name>', "the preprocessing the weights were trained with (default: the weights' own, torchvision for most)").choices(PRESETS))
     .option('--json', 'print one JSON line per image: {"image", "classes": [{"label", "index", "prob"}]}');
   engineOptions(command).action(classifyImages);
 }

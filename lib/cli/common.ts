@@ -106,7 +106,7 @@ function cropSize(value: string): number | false {
 /** How images become network input: --preset, --size and --crop (extract and job submit alike). */
 export function preprocessOptions(command: Command): Command {
   return command
-    .addOption(new Option('--preset <name>', 'the preprocessing the weights were trained with').choices(PRESETS).default('torchvision'))
+    .addOption(new Option('--preset <name>', "the preprocessing the weights were trained with (default: the weights' own, torchvision for most)").choices(PRESETS))
     .option('--size <n>', 'shorter side after resizing', positiveInt, 256)
     .option('--crop <n|none>', "side of the center crop, or 'none' for the whole resized image", cropSize, 224);
 }

@@ -16,7 +16,7 @@ interface ExtractFlags extends EngineFlags {
   out: string;
   batch: number;
   resume?: true;
-  preset: Preset;
+  preset?: Preset;
   size: number;
   crop: number | false;
 }

@@ -15,7 +15,7 @@ interface InfoFlags {
 export function registerInfo(program: Command): void {
   program.command('info')
     .description('parameters, MACs and layer table of a network')
-    .option('--weights <file>', 'a weights file (.safetensors) to describe')
+    .option('--weights <file>', 'a weights file to describe (safetensors, packed, .pth, .caffemodel, Keras .h5, .onnx)')
     .option('--arch <name>', 'a preset instead: A, A-LRN, B, C, D, E, vgg11..vgg19, with _bn for batch norm')
     .option('--size <HxW>', 'input size for output shapes and MACs', imageSize, [224, 224])
     .option('--json', 'print JSON instead of text')
@@ -39,8 +39,8 @@ async function info(flags: InfoFlags): Promise<void> {
 
 /** Binding maps the file, validates it as a VGG and infers its architecture; no executor is started. */
 async function fromWeights(file: string): Promise<ModelInfo> {
-  const { arch, naming } = await openWeights(file);
-  return archInfo(arch, naming);
+  const weights = await openWeights(file);
+  return archInfo(weights.arch, weights);
 }
 
 function text(d: ModelInfo, flags: InfoFlags, macs: number, layers: LayerRow[]): string {
@@ -50,7 +50,7 @@ function text(d: ModelInfo, flags: InfoFlags, macs: number, layers: LayerRow[]):
     ['batch norm', d.batchNorm ? 'yes (folded into the convolutions)' : 'no'],
     ['parameters', thousands(d.params)],
     ['MACs', `${(macs / 1e9).toFixed(2)} GMAC at ${h}x${w}`],
-    ...(flags.weights !== undefined ? [['weights', `${flags.weights} (${d.naming} names)`]] : []),
+    ...(flags.weights !== undefined ? [['weights', `${flags.weights} (${d.container}, ${d.naming} names)`], ['preset', `${d.preset} preprocessing`]] : []),
   ];
   const rows = layers.map((r) => [
     r.name, r.type, r.kernel, String(r.stride), String(r.padding), r.shape.join('x'), r.params ? thousands(r.params) : '-',

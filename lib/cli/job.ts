@@ -33,7 +33,7 @@ export function registerJob(program: Command): void {
     .option('--backoff-ms <n>', 'delay before the first retry, doubling after', positiveInt, 5000)
     .addOption(redisOption());
   preprocessOptions(submit)
-    .action(async (images: string, f: { weights: string; outputs: string[]; out: string; shardSize: number; batch: number; preset: Preset; size: number; crop: number | false; attempts: number; backoffMs: number; redis: string }) => {
+    .action(async (images: string, f: { weights: string; outputs: string[]; out: string; shardSize: number; batch: number; preset?: Preset; size: number; crop: number | false; attempts: number; backoffMs: number; redis: string }) => {
       const r = await submitJob(images, {
         weights: f.weights, outputs: f.outputs, out: f.out, shardSize: f.shardSize, batchSize: f.batch,
         preprocess: { preset: f.preset, size: f.size, crop: f.crop }, attempts: f.attempts, backoffMs: f.backoffMs, redis: f.redis,

@@ -15,7 +15,7 @@ interface ServeFlags extends EngineFlags {
   maxQueue: number;
   timeoutMs: number;
   bodyLimitMb: number;
-  preset: Preset;
+  preset?: Preset;
   warmup?: number[];
 }
 
@@ -43,7 +43,7 @@ export function registerServe(program: Command): void {
     .option('--timeout-ms <ms>', 'per-request limit; past it 504', positiveInt, 30000)
     .option('--body-limit-mb <mb>', 'largest request body in MiB; past it 413', positiveInt, 20)
     .option('--warmup <n,...>', 'batch sizes run once before /readyz says ready (default: every size the batcher pads to, 1, 2, 4, ... --max-batch)', positiveIntList)
-    .addOption(new Option('--preset <name>', 'the preprocessing the weights were trained with').choices(PRESETS).default('torchvision'));
+    .addOption(new Option('--preset <name>', "the preprocessing the weights were trained with (default: the weights' own, torchvision for most)").choices(PRESETS));
   engineOptions(command).action(serve);
 }
 

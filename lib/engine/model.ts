@@ -1,10 +1,11 @@
 import { VggError, argError, checkBoolean, checkOneOf, checkOptions, describe, isInt } from '../errors';
-import { blobNames, countParams, inferShapes, type Arch, type CfgItem, type Head } from '../arch/topology';
+import { blobNames, countParams, hasClassifier, HEAD_BLOBS, inferShapes, noClassifier, type Arch, type CfgItem, type Head } from '../arch/topology';
 import { native, type NativeExecutor } from '../native';
 import type { Tensor } from '../tensor';
 import type { Calibration } from '../weights/calibration';
 import type { Naming } from '../weights/binding';
 import type { ModelWeights } from '../weights/open';
+import type { Preset } from '../weights/layers';
 import { backendError, type Device, type Precision } from './device';
 import { buildPlan } from './plan';
 
@@ -25,12 +26,16 @@ export interface ModelInfo {
   params: number;
   /** The key names of the weights file; absent for a bare preset. */
   naming?: Naming;
+  /** The preprocessing the weights expect ('caffe' for Caffe and Keras weights); absent for a bare preset. */
+  preset?: Preset;
+  /** The kind of file the weights came from; absent for a bare preset. */
+  container?: string;
 }
 
 /** What `model.info` and `vgg info` say about an architecture. */
-export function archInfo(a: Arch, naming?: Naming): ModelInfo {
+export function archInfo(a: Arch, weights?: Pick<ModelWeights, 'naming' | 'preset' | 'container'>): ModelInfo {
   const info: ModelInfo = { arch: a.arch, batchNorm: a.batchNorm, cfg: a.cfg, fcHidden: a.fcHidden, classes: a.classes, params: countParams(a) };
-  if (naming) info.naming = naming;
+  if (weights) Object.assign(info, { naming: weights.naming, preset: weights.preset, container: weights.container });
   return info;
 }
 
@@ -68,7 +73,7 @@ export class Engine {
   /** Use loadModel(). */
   constructor(weights: ModelWeights, settings: EngineSettings) {
     const { head, threads, device, precision, winograd, calibration, cudaDevice, libraryDirs } = settings;
-    this.info = archInfo(weights.arch, weights.naming);
+    this.info = archInfo(weights.arch, weights);
     this.head = head;
     this.threads = threads;
     this.device = device;
@@ -138,7 +143,11 @@ export class Engine {
     const flip = opts.flip === undefined ? false : checkBoolean(opts.flip, 'options.flip');
     const [n, , h, w] = checkInput(input);
     const names = this.blobNames(head);
-    const outputs = checkOutputs(opts.outputs ?? ['prob'], names);
+    const classifier = hasClassifier(this.#arch);
+    const asked = opts.outputs ?? [classifier ? 'prob' : names[names.length - 1]];
+    const headBlob = Array.isArray(asked) && !classifier && asked.find((o) => HEAD_BLOBS.dense.includes(o));
+    if (headBlob) throw noClassifier(`options.outputs asks for ${headBlob}`);
+    const outputs = checkOutputs(asked, names);
 
     const batch = flip ? 2 * n : n;
     const shapes = new Map(inferShapes(this.#arch, batch, h, w, head).map((b) => [b.name, b.shape]));

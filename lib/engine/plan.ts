@@ -1,4 +1,4 @@
-import { FC6_WINDOW, featureLayers, HEAD_BLOBS, lastWidth, LRN } from '../arch/topology';
+import { FC6_WINDOW, featureLayers, hasClassifier, HEAD_BLOBS, lastWidth, LRN } from '../arch/topology';
 import type { NativeFeatureOp, NativePlan } from '../native';
 import { outScale, type Calibration } from '../weights/calibration';
 import type { ModelWeights } from '../weights/open';
@@ -13,8 +13,11 @@ export function buildPlan(weights: ModelWeights, calibration?: Calibration): Pic
     return { kind: 'conv', kernel: l.kernel, inC: l.inC, outC: l.outC, ...weights.convs[conv++], ...scale(l.name) };
   });
   const c = lastWidth(weights.arch);
-  const [fc6, fc7, fc8] = weights.fc;
-  const { fcHidden, classes } = weights.arch;
+  // The addon always has a classifier. Without one, it gets a 1-wide head of zeros that no
+  // caller can ask for (run refuses fc6...prob): C*49 multiply-adds a run, and no native changes.
+  const zeros = (inF: number) => ({ weight: new Float32Array(inF), bias: new Float32Array(1) });
+  const [fc6, fc7, fc8] = weights.fc.length ? weights.fc : [zeros(c * FC6_WINDOW * FC6_WINDOW), zeros(1), zeros(1)];
+  const { fcHidden, classes } = hasClassifier(weights.arch) ? weights.arch : { fcHidden: 1, classes: 1 };
   return {
     lastC: c,
     features,

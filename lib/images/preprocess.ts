@@ -2,6 +2,7 @@ import * as fs from 'node:fs';
 import type Sharp from 'sharp';
 import { VggError, argError, checkInt, checkOneOf, checkOptions, isInt } from '../errors';
 import type { Tensor } from '../tensor';
+import { PRESETS, type Preset } from '../weights/layers';
 
 // sharp (libvips) loads on first use: a process that only runs tensors never pays for it.
 let sharpModule: typeof Sharp | undefined;
@@ -15,7 +16,7 @@ function sharp(...args: Parameters<typeof Sharp>): ReturnType<typeof Sharp> {
  * torchvision's and timm's weights expect). `caffe`: BGR, 0-255, mean subtracted, no std (the
  * original VGG release, and Keras).
  */
-export type Preset = 'torchvision' | 'caffe';
+export { PRESETS, type Preset };
 
 export interface PreprocessOptions {
   preset?: Preset;
@@ -27,7 +28,6 @@ export interface PreprocessOptions {
   maxPixels?: number;
 }
 
-export const PRESETS: readonly Preset[] = ['torchvision', 'caffe'];
 
 /** Per channel of the output tensor: which RGB channel it takes, and value = pixel * scale + offset. */
 interface Normalization { source: [number, number, number]; scale: number[]; offset: number[] }

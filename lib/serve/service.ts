@@ -21,7 +21,7 @@ export interface ServeOptions {
   bodyLimit?: number;
   /** Images with more pixels are 400 E_IMAGE (decompression bombs); 40e6 by default. */
   maxPixels?: number;
-  /** The preprocessing the weights were trained with; torchvision by default. */
+  /** The preprocessing the weights were trained with; by default the weights' own (model.info.preset). */
   preset?: Preset;
   /** Batch sizes to run once before /readyz says ready (the first run of a shape compiles it); every size the batcher uses by default, [] for none. */
   warmup?: number[];
@@ -57,7 +57,7 @@ export class VggnetService {
       timeoutMs: o.timeoutMs ?? 30_000,
       bodyLimit: o.bodyLimit ?? 20 * MIB,
       maxPixels: o.maxPixels ?? 40e6,
-      preset: o.preset ?? 'torchvision',
+      preset: o.preset ?? model.info.preset ?? 'torchvision',
       warmup: o.warmup ?? batchSizes(o.maxBatch ?? 32),
       retryAfterS: o.retryAfterS ?? 1,
     };

@@ -36,7 +36,7 @@ export async function classify(model: Runner, image: string | Buffer, options?: 
     ? scales.map((size) => ({ crop: false as const, size, head: 'dense' as const }))
     : [{ head: 'fixed' as const }];
   const probs = await Promise.all(runs.map(async ({ head, ...geometry }) => {
-    const input = await preprocess(image, { preset, maxPixels, ...geometry });
+    const input = await preprocess(image, { preset: preset ?? model.info.preset, maxPixels, ...geometry });
     return (await model.run(input, { outputs: ['prob'], head, flip })).prob.data;
   }));
   return mostProbable(mean(probs), top, classNames(model.info.classes));

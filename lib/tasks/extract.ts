@@ -56,9 +56,12 @@ export function extract(model: Runner, source: ExtractSource, options?: ExtractO
   const onError = checkOneOf(opts.onError ?? 'record', 'options.onError', ON_ERROR);
   if (!isImage(source) && !isIterable(source)) throw argError('source', 'an image path, a Buffer, or an (async) iterable of them', source);
   // outputs and preprocess are checked where they are used, by model.run and preprocess(), with their own messages.
-  const runOptions = { outputs: opts.outputs ?? ['fc7'] };
+  // fc7 by default; pool5 for weights without a classifier.
+  const runOptions = { outputs: opts.outputs ?? [model.info.classes ? 'fc7' : 'pool5'] };
 
-  const decoded = mapAhead(images(source), concurrency, (item) => decode(item, opts.preprocess));
+  // The weights' own preprocessing unless told otherwise (a bare architecture has none: preprocess's default).
+  const preprocessing = { ...opts.preprocess, preset: opts.preprocess?.preset ?? model.info.preset };
+  const decoded = mapAhead(images(source), concurrency, (item) => decode(item, preprocessing));
   // Two batches in flight: the next one is queued on the native thread while this one's records go out.
   const results = mapAhead(batches(decoded, batchSize), 2, (batch) => infer(model, batch, runOptions));
   return (async function* () {

@@ -43,6 +43,7 @@ export async function packWeights(file: string, out: string, options?: PackOptio
   }
   const weights = await openWeights(file);
   if (weights.packed) throw new VggError('E_ARG', `${file} is packed already; pack the original weights file`);
+  if (weights.fc.length === 0) throw new VggError('E_ARG', `${file} has no classifier; vgg pack packs whole networks (load a features-only file as it is)`);
   const model = await startEngine(file, weights, checkLoadOptions({
     precision: opts.precision ?? 'fp32',
     winograd: opts.winograd, calibration: opts.calibration, threads: opts.threads,

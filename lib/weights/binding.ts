@@ -1,7 +1,9 @@
 import { VggError } from '../errors';
 import { readF32, type SafetensorsFile } from './safetensors';
+import type { Tensor } from '../tensor';
+import { PRESETS, type Preset } from './layers';
 import {
-  archLetter, BN_EPSILON, FC6_WINDOW, featureLayers, lastWidth, validateArch,
+  archLetter, BN_EPSILON, FC6_WINDOW, featureLayers, hasClassifier, lastWidth, validateArch,
   type Arch, type CfgItem, type ConvLayer,
 } from '../arch/topology';
 
@@ -15,8 +17,17 @@ export interface BoundWeights {
   naming: Naming;
   /** One per conv layer, in network order, with batch norm folded in. */
   convs: Param[];
-  /** fc6 as [hidden, C*7*7] (CHW order), fc7 as [hidden, hidden], fc8 as [classes, hidden]. */
-  fc: [Param, Param, Param];
+  /** fc6 as [hidden, C*7*7] (CHW order), fc7 as [hidden, hidden], fc8 as [classes, hidden]; none without a classifier. */
+  fc: [Param, Param, Param] | [];
+  /** The preprocessing the weights expect: `vgg.preset` in the metadata, else torchvision's. */
+  preset: Preset;
+}
+
+/** Tensors already in memory (converted from another container), bound like a safetensors file. */
+export interface TensorSet {
+  source: string;
+  metadata: Record<string, string>;
+  tensors: Map<string, Tensor>;
 }
 
 const FLOAT_DTYPES = new Set(['F32', 'F16', 'BF16']);
@@ -34,7 +45,9 @@ const sameShape = (a: number[], b: number[]) => a.length === b.length && a.every
  * Binds a weights file to a VGG: the architecture from `__metadata__` when the file has it,
  * otherwise inferred from the tensors; then every tensor checked against it, batch norm folded.
  */
-export function bindWeights(file: SafetensorsFile): BoundWeights {
+export function bindWeights(file: SafetensorsFile | TensorSet): BoundWeights {
+  const preset = file.metadata['vgg.preset'] ?? 'torchvision';
+  if (!PRESETS.includes(preset as Preset)) throw new VggError('E_WEIGHTS_FORMAT', `${file.source}: __metadata__ vgg.preset is ${JSON.stringify(preset)}, expected one of ${PRESETS.join(', ')}`);
   const naming: Naming = file.tensors.has('pre_logits.fc1.weight') ? 'timm' : 'torchvision';
   const arch = file.metadata['vgg.cfg'] !== undefined ? archFromMetadata(file) : inferArch(file, naming);
   const expected = expectedTensors(arch, naming);
@@ -43,7 +56,7 @@ export function bindWeights(file: SafetensorsFile): BoundWeights {
   for (const [name, want] of expected) {
     const entry = file.tensors.get(name);
     if (!entry) throw new VggError('E_WEIGHTS_MISSING', `${file.source}: tensor ${name} is missing; ${context} needs it as ${want.role}, shape ${shapeText(want.shape)}`);
-    if (!FLOAT_DTYPES.has(entry.dtype)) throw new VggError('E_WEIGHTS_FORMAT', `${file.source}: tensor ${name} is ${entry.dtype}, expected F32, F16 or BF16`);
+    if ('dtype' in entry && !FLOAT_DTYPES.has(entry.dtype)) throw new VggError('E_WEIGHTS_FORMAT', `${file.source}: tensor ${name} is ${entry.dtype}, expected F32, F16 or BF16`);
     if (!sameShape(entry.shape, want.shape)) {
       throw new VggError('E_SHAPE', `${file.source}: tensor ${name} has shape ${shapeText(entry.shape)} but ${want.role} of ${context} needs ${shapeText(want.shape)}`);
     }
@@ -54,7 +67,10 @@ export function bindWeights(file: SafetensorsFile): BoundWeights {
     }
   }
 
-  const read = (name: string) => readF32(file, file.tensors.get(name)!);
+  const read = (name: string) => {
+    const entry = file.tensors.get(name)!;
+    return 'data' in entry ? entry.data : readF32(file as SafetensorsFile, entry);
+  };
   const convs = featureLayers(arch).filter((l): l is ConvLayer => l.kind === 'conv').map((l) => {
     const weight = read(`features.${l.feature}.weight`);
     const bias = read(`features.${l.feature}.bias`);
@@ -62,8 +78,8 @@ export function bindWeights(file: SafetensorsFile): BoundWeights {
     const bn = (p: string) => read(`features.${l.bn}.${p}`);
     return foldBatchNorm(weight, bias, bn('weight'), bn('bias'), bn('running_mean'), bn('running_var'));
   });
-  const fc = FC_KEYS[naming].map((k) => ({ weight: read(`${k}.weight`), bias: read(`${k}.bias`) })) as BoundWeights['fc'];
-  return { arch, naming, convs, fc };
+  const fc = hasClassifier(arch) ? FC_KEYS[naming].map((k) => ({ weight: read(`${k}.weight`), bias: read(`${k}.bias`) })) as [Param, Param, Param] : [] as [];
+  return { arch, naming, convs, fc, preset: preset as Preset };
 }
 
 /**
@@ -98,6 +114,7 @@ function expectedTensors(arch: Arch, naming: Naming): Map<string, Expected> {
       }
     }
   }
+  if (!hasClassifier(arch)) return out;
   const c = lastWidth(arch);
   const [k6, k7, k8] = FC_KEYS[naming];
   const timm = naming === 'timm';
@@ -119,7 +136,7 @@ export function archMetadata(arch: Arch, naming: Naming): Record<string, string>
 }
 
 /** Reads the architecture from the `vgg.*` metadata keys. */
-function archFromMetadata(file: SafetensorsFile): Arch {
+function archFromMetadata(file: SafetensorsFile | TensorSet): Arch {
   const m = file.metadata;
   const bad = (key: string, expected: string) =>
     new VggError('E_WEIGHTS_FORMAT', `${file.source}: __metadata__ ${key} is ${JSON.stringify(m[key])}, expected ${expected}`);
@@ -127,7 +144,7 @@ function archFromMetadata(file: SafetensorsFile): Arch {
   try { cfg = JSON.parse(m['vgg.cfg']); } catch { throw bad('vgg.cfg', 'a JSON list like [64, "M", 128, "M", ...]'); }
   const int = (key: string) => {
     const v = Number(m[key]);
-    if (!Number.isSafeInteger(v) || v <= 0) throw bad(key, 'a positive integer');
+    if (!Number.isSafeInteger(v) || v < 0) throw bad(key, 'a positive integer (0 for weights without a classifier)');
     return v;
   };
   const bn = m['vgg.batch_norm'] ?? 'false';
@@ -147,7 +164,7 @@ function archFromMetadata(file: SafetensorsFile): Arch {
  * [BN,] ReLU per conv, one slot per pool and per LRN, so the index gaps between convs tell
  * where the pools are: one spare slot is a pool, two are an LRN then a pool (as in A-LRN).
  */
-function inferArch(file: SafetensorsFile, naming: Naming): Arch {
+function inferArch(file: SafetensorsFile | TensorSet, naming: Naming): Arch {
   const fail = (why: string) => new VggError('E_SHAPE', `${file.source}: the tensors fit no VGG: ${why}`);
   const convs: { index: number; shape: number[] }[] = [];
   for (const [name, e] of file.tensors) {
@@ -178,6 +195,16 @@ function inferArch(file: SafetensorsFile, naming: Naming): Arch {
   const [k6, , k8] = FC_KEYS[naming];
   const fc6 = file.tensors.get(`${k6}.weight`);
   const fc8 = file.tensors.get(`${k8}.weight`);
+  // A `features`-only state dict (no classifier tensors at all) is a feature extractor.
+  const classifier = [...file.tensors.keys()].some((name) => !name.startsWith('features.'));
+  if (!classifier) {
+    const featuresOnly: Arch = { arch: archLetter(cfg), batchNorm, cfg, fcHidden: 0, classes: 0 };
+    try {
+      return validateArch(featuresOnly, `${file.source} (inferred from its tensors)`);
+    } catch (e) {
+      throw fail((e as Error).message);
+    }
+  }
   if (!fc6) throw new VggError('E_WEIGHTS_MISSING', `${file.source}: tensor ${k6}.weight (fc6) is missing`);
   if (!fc8) throw new VggError('E_WEIGHTS_MISSING', `${file.source}: tensor ${k8}.weight (fc8) is missing`);
   const arch: Arch = { arch: 'custom', batchNorm, cfg, fcHidden: fc6.shape[0], classes: fc8.shape[0] };

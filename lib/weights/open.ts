@@ -1,8 +1,10 @@
 import * as fs from 'node:fs';
 import { argError, VggError } from '../errors';
-import { featureLayers, type Arch } from '../arch/topology';
+import { featureLayers, hasClassifier, type Arch } from '../arch/topology';
 import { native } from '../native';
 import { bindWeights, type Naming } from './binding';
+import { readContainer } from './containers';
+import type { Preset } from './layers';
 import { isPacked, readPacked, type PackedWeights } from './packed';
 import { parseSafetensors } from './safetensors';
 
@@ -14,12 +16,18 @@ export interface ModelWeights {
   arch: Arch;
   naming: Naming;
   convs: LayerParams[];
-  fc: [LayerParams, LayerParams, LayerParams];
+  /** fc6, fc7, fc8; none for weights without a classifier. */
+  fc: [LayerParams, LayerParams, LayerParams] | [];
   packed?: PackedWeights;
+  /** The preprocessing the weights expect. */
+  preset: Preset;
+  /** What the file was: 'safetensors', 'packed', 'Caffe V1 caffemodel', 'Keras HDF5', 'ONNX model'... */
+  container: string;
 }
 
 /**
- * Maps a weights file (safetensors, or packed by `vgg pack`) and binds it to its architecture,
+ * Maps a weights file (safetensors, or packed by `vgg pack`; Caffe, Keras, ONNX and PyTorch
+ * files are converted as they are read) and binds it to its architecture,
  * validating every tensor, without starting an executor: what `loadModel` and `vgg info` share.
  */
 export async function openWeights(file: string): Promise<ModelWeights> {
@@ -45,8 +53,10 @@ export async function openWeights(file: string): Promise<ModelWeights> {
     const { arch, naming } = packed.header;
     const layer = (i: number) => ({ weight: null, bias: packed.biases[i] });
     const convs = featureLayers(arch).filter((l) => l.kind === 'conv').map((_, i) => layer(i));
-    const fc: ModelWeights['fc'] = [layer(convs.length), layer(convs.length + 1), layer(convs.length + 2)];
-    return { arch, naming, convs, fc, packed };
+    const fc: ModelWeights['fc'] = hasClassifier(arch) ? [layer(convs.length), layer(convs.length + 1), layer(convs.length + 2)] : [];
+    return { arch, naming, convs, fc, packed, preset: 'torchvision', container: 'packed' };
   }
-  return bindWeights(parseSafetensors(bytes, file));
+  const converted = await readContainer(file, bytes);
+  if (converted) return { ...bindWeights({ source: file, ...converted }), container: converted.container };
+  return { ...bindWeights(parseSafetensors(bytes, file)), container: 'safetensors' };
 }
