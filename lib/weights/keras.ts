@@ -1,7 +1,7 @@
 import type * as H5 from 'h5wasm';
 import { VggError } from '../errors';
 import { FC6_WINDOW } from '../arch/topology';
-import { elementCount, transpose2d, toTorchvision, type Converted, type Layer } from './layers';
+import { elementCount, toTorchvision, type Converted, type Layer } from './layers';
 import type { Tensor } from '../tensor';
 
 /**
@@ -84,8 +84,9 @@ function readLayers(file: H5.File, fileSize: number, fail: (why: string) => VggE
       }
       continue;
     }
-    const [first] = arrays;
-    if (first.shape.length === 4) {
+    const [stored] = arrays;
+    if (stored.shape.length === 4) {
+      const first = { shape: stored.shape, data: stored.read() };
       // H, W, in, out -> out, in, H, W
       const [kh, kw, inC, outC] = first.shape;
       if (kh !== kw) throw fail(`layer ${name} has a ${kh}x${kw} kernel`);
@@ -96,12 +97,11 @@ function readLayers(file: H5.File, fileSize: number, fail: (why: string) => VggE
       }
       out.push({ kind: 'conv', name, weight: { data: weight, shape: [outC, inC, kh, kw] }, bias: vector(arrays[1], name, fail) });
       channels = outC;
-    } else if (first.shape.length === 2) {
-      const fcs = out.filter((l) => l.kind === 'fc').length;
-      const weight = fcs === 0 ? flattenedToChw(first, channels, name, fail) : transpose2d(first);
-      out.push({ kind: 'fc', name, weight, bias: vector(arrays[1], name, fail) });
+    } else if (stored.shape.length === 2) {
+      const first = !out.some((l) => l.kind === 'fc');
+      out.push({ kind: 'fc', name, weight: denseWeight(stored, first ? flattenedRow(stored, channels, name, fail) : (r) => r), bias: vector(arrays[1], name, fail) });
     } else if (arrays.length === 4 && arrays.every((a) => a.shape.length === 1)) {
-      const [gamma, beta, mean, variance] = arrays.map((a) => a.data);
+      const [gamma, beta, mean, variance] = arrays.map((a) => a.read());
       out.push({ kind: 'bn', name, gamma, beta, mean, variance, eps: config?.config?.epsilon ?? 1e-3 });
     } else {
       throw fail(`layer ${name} has arrays of shapes ${arrays.map((a) => `[${a.shape}]`).join(', ')}, which are not a convolution, a dense layer or a batch norm`);
@@ -111,32 +111,46 @@ function readLayers(file: H5.File, fileSize: number, fail: (why: string) => VggE
 }
 
 /**
- * Keras' Flatten lays pool5 out as H, W, C; torchvision's as C, H, W. fc1's kernel is
- * [H*W*C, out]: its rows are reordered and the whole transposed to [out, C*H*W].
+ * Keras' Flatten lays pool5 out as H, W, C; torchvision's as C, H, W: fc1's kernel row
+ * (cell * C + c) is torchvision's input (c * 49 + cell).
  */
-function flattenedToChw(kernel: Tensor, channels: number, name: string, fail: (why: string) => VggError): Tensor {
-  const [inF, outF] = kernel.shape;
+function flattenedRow(kernel: Stored, channels: number, name: string, fail: (why: string) => VggError): (row: number) => number {
   const cells = FC6_WINDOW * FC6_WINDOW;
-  if (inF !== channels * cells) throw fail(`the first dense layer ${name} has ${inF} inputs, expected ${channels} x ${FC6_WINDOW} x ${FC6_WINDOW} from pool5`);
-  const out = new Float32Array(kernel.data.length);
-  for (let c = 0; c < channels; c++) {
-    for (let cell = 0; cell < cells; cell++) {
-      const from = (cell * channels + c) * outF;
-      const to = c * cells + cell;
-      for (let o = 0; o < outF; o++) out[o * inF + to] = kernel.data[from + o];
+  if (kernel.shape[0] !== channels * cells) throw fail(`the first dense layer ${name} has ${kernel.shape[0]} inputs, expected ${channels} x ${FC6_WINDOW} x ${FC6_WINDOW} from pool5`);
+  return (row) => (row % channels) * cells + Math.floor(row / channels);
+}
+
+/** Rows of a dense kernel read at a time: about 16 MB, where all of fc1 would stay in WebAssembly's heap (it never shrinks). */
+const SLICE_FLOATS = 4 << 20;
+
+/** A Keras dense kernel [in, out] as torchvision's [out, in], its rows moved by `toRow`, read a slice at a time. */
+function denseWeight(kernel: Stored, toRow: (row: number) => number): Tensor {
+  const [inF, outF] = kernel.shape;
+  const out = new Float32Array(inF * outF);
+  const step = Math.max(1, Math.floor(SLICE_FLOATS / Math.max(outF, 1)));
+  for (let start = 0; start < inF; start += step) {
+    const end = Math.min(inF, start + step);
+    const block = kernel.rows(start, end);
+    for (let r = start; r < end; r++) {
+      const to = toRow(r);
+      const from = (r - start) * outF;
+      for (let o = 0; o < outF; o++) out[o * inF + to] = block[from + o];
     }
   }
   return { data: out, shape: [outF, inF] };
 }
 
-function vector(t: Tensor | undefined, name: string, fail: (why: string) => VggError): Float32Array | null {
+function vector(t: Stored | undefined, name: string, fail: (why: string) => VggError): Float32Array | null {
   if (!t) return null;
   if (t.shape.length !== 1) throw fail(`layer ${name}'s bias has shape [${t.shape}], expected one dimension`);
-  return t.data;
+  return t.read();
 }
 
-/** A float dataset's values, its size checked against the file's before it is read (Keras writes them uncompressed). */
-function dataset(group: H5.Group, name: string, fileSize: number, fail: (why: string) => VggError): Tensor {
+/** A dataset whose shape and type are checked, read whole or by rows. */
+interface Stored { shape: number[]; read(): Float32Array; rows(start: number, end: number): Float32Array }
+
+/** A float dataset, its size checked against the file's before anything is read (Keras writes them uncompressed). */
+function dataset(group: H5.Group, name: string, fileSize: number, fail: (why: string) => VggError): Stored {
   const ds = group.get(name) as H5.Dataset | null;
   if (!ds || !('shape' in ds)) throw fail(`${group.path} lists weight ${name}, but the file has no such dataset`);
   const shape = ds.shape ?? [];
@@ -144,9 +158,16 @@ function dataset(group: H5.Group, name: string, fileSize: number, fail: (why: st
   const count = elementCount(shape, `dataset ${group.path}/${name}`, fail);
   if (type !== 1 || (size !== 4 && size !== 8)) throw fail(`dataset ${group.path}/${name} is not float32 or float64`);
   if (count * size > fileSize) throw fail(`dataset ${group.path}/${name} has shape [${shape}], more data than the file's ${fileSize} bytes`);
-  const value = ds.value;
-  if (!(value instanceof Float32Array || value instanceof Float64Array) || value.length !== count) throw fail(`dataset ${group.path}/${name} did not read as ${count} floats`);
-  return { data: value instanceof Float32Array ? value : new Float32Array(value), shape };
+  const floats = (value: unknown, n: number) => {
+    if (!(value instanceof Float32Array || value instanceof Float64Array) || value.length !== n) throw fail(`dataset ${group.path}/${name} did not read as ${n} floats`);
+    return value instanceof Float32Array ? value : new Float32Array(value);
+  };
+  const rowSize = count / (shape[0] || 1);
+  return {
+    shape,
+    read: () => floats(ds.value, count),
+    rows: (start, end) => floats(ds.slice([[start, end], ...shape.slice(1).map((): [] => [])]), (end - start) * rowSize),
+  };
 }
 
 function strings(value: unknown, what: string, fail: (why: string) => VggError): string[] {
