@@ -91,9 +91,14 @@ export function decodeCaffe(bytes: Uint8Array): { layers: CaffeLayer[]; version:
 }
 
 /** A decoded caffemodel as torchvision tensors; the Caffe release's weights expect BGR, mean-subtracted 0-255 input. */
-export function convertCaffe(net: { layers: CaffeLayer[]; version: 1 | 2 }, source: string): Converted {
+/**
+ * The caffemodel's layers as torchvision tensors. With `ownBytes` (the file was read into memory
+ * of vggnet's own, not mapped), unaligned blobs are aligned in place instead of copied.
+ */
+export function convertCaffe(net: { layers: CaffeLayer[]; version: 1 | 2 }, source: string, ownBytes = false): Converted {
   const container = `Caffe V${net.version} caffemodel`;
   const fail = (why: string) => new VggError('E_WEIGHTS_FORMAT', `${source} (${container}): ${why}`);
+  if (ownBytes) for (const l of net.layers) for (const b of l.blobs) if (b.data) b.data = aligned(b.data);
   const out: Layer[] = [];
   let current: string | undefined;
   for (const [i, l] of net.layers.entries()) {
@@ -198,4 +203,18 @@ function blob(l: CaffeLayer, index: number, rank: number, what: string, fail: (w
   if (b.data?.length === 4 * count) return { data: floatsOf(b.data), shape: dims };
   if (b.double_data?.length === 8 * count) return { data: narrowDoubles(b.double_data), shape: dims };
   throw fail(`${what} blob ${index + 1} has shape [${dims.join(', ')}] (${count} values) but holds ${(b.data?.length ?? 0) / 4} floats and ${(b.double_data?.length ?? 0) / 8} doubles`);
+}
+
+/**
+ * A blob's bytes moved back onto a 4-byte boundary over its own field's tag and length (already
+ * decoded; at least 3 bytes for a blob of 128 bytes or more), so that its floats are a view
+ * rather than a copy: a converted VGG16 then holds one copy of its weights, not two. Smaller
+ * blobs stay where they are (and are copied).
+ */
+function aligned(bytes: Uint8Array): Uint8Array {
+  const shift = bytes.byteOffset % 4;
+  if (shift === 0 || bytes.length < 128) return bytes;
+  const at = bytes.byteOffset - shift;
+  new Uint8Array(bytes.buffer).copyWithin(at, bytes.byteOffset, bytes.byteOffset + bytes.length);
+  return new Uint8Array(bytes.buffer, at, bytes.length);
 }

@@ -1,3 +1,4 @@
+import * as fs from 'node:fs';
 import { VggError } from '../errors';
 import { native } from '../native';
 import type { Converted } from './layers';
@@ -10,7 +11,7 @@ import { HDF5_SIGNATURE } from './keras';
  * safetensors parser then says what is wrong. Each reader is loaded only when its container is met.
  */
 export async function readContainer(file: string, bytes: Uint8Array): Promise<Converted | undefined> {
-  if (HDF5_SIGNATURE.every((b, i) => bytes[i] === b)) return (await import('./keras')).convertKeras(file, bytes.length);
+  if (HDF5_SIGNATURE.every((b, i) => bytes[i] === b)) return (await import('./keras-thread')).convertKerasOffThread(file, bytes.length);
   if (bytes[0] === 0x50 && bytes[1] === 0x4b && bytes[2] === 0x03 && bytes[3] === 0x04) {
     const { readPth } = await import('./pth');
     return { tensors: await readPth(file), metadata: { 'vgg.preset': 'torchvision', 'vgg.container': 'PyTorch checkpoint' }, container: 'PyTorch checkpoint' };
@@ -20,9 +21,17 @@ export async function readContainer(file: string, bytes: Uint8Array): Promise<Co
   const model = onnx.decodeOnnx(bytes);
   if (model) return onnx.convertOnnx(model, file);
   const caffe = await import('./caffe');
-  const net = caffe.decodeCaffe(bytes);
-  if (net) return caffe.convertCaffe(net, file);
-  return undefined;
+  if (!caffe.decodeCaffe(bytes)) return undefined;
+  // Read again into memory of its own (the mapping is read-only), where unaligned blobs can be
+  // aligned in place rather than copied.
+  let own: Buffer;
+  try {
+    own = await fs.promises.readFile(file);
+  } catch (e) {
+    throw new VggError('E_IO', `cannot read weights file ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, { cause: e });
+  }
+  // A plain Uint8Array: protobufjs then gives bytes fields as views (subarray) of it.
+  return caffe.convertCaffe(caffe.decodeCaffe(new Uint8Array(own.buffer, own.byteOffset, own.length))!, file, true);
 }
 
 /** An 8-byte header length that fits the file, then the header's opening brace. */
