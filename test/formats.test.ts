@@ -62,6 +62,22 @@ describe('weights in other containers: Caffe, Keras, ONNX', () => {
     });
   }
 
+  it('reads a Keras file off the event loop: other callbacks run while it converts', async () => {
+    const file = format('D.keras2.h5');
+    const bytes = new Uint8Array(fs.readFileSync(file));
+    await readContainer(file, bytes); // the reader is loaded and warm
+    let turns = 0;
+    const ticking = setInterval(() => turns++, 0);
+    try {
+      const converted = await readContainer(file, bytes);
+      assert.ok(converted?.tensors.size, 'converted');
+    } finally {
+      clearInterval(ticking);
+    }
+    // Read on this thread, the whole conversion would be one synchronous stretch after the warm reader.
+    assert.ok(turns > 0, `${turns} timer turns while the file converted`);
+  });
+
   it('a network that is not a VGG is E_WEIGHTS_FORMAT naming what was found', async () => {
     await assert.rejects(openWeights(format('not-vgg.resnet.caffemodel')),
       (e: VggError) => e.code === 'E_WEIGHTS_FORMAT' && /res2a \(Eltwise\) reads \[conv1, res2a_branch2a\]/.test(e.message));
