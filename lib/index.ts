@@ -1,7 +1,7 @@
 export { loadModel, Model } from './model';
 export type { LoadOptions, RunOptions, ModelInfo, Outputs } from './engine';
-export { openWeights } from './weights';
-export type { ModelWeights } from './weights';
+export { openWeights, fetchWeights, defaultWeights, cacheDir, hubCacheDir, HUB_REPOS } from './weights';
+export type { ModelWeights, FetchOptions, FetchProgress, FetchResult, DefaultWeightsOptions } from './weights';
 export { VggError } from './errors';
 export { calibrate } from './tasks/calibrate';
 export type { CalibrateOptions } from './tasks/calibrate';

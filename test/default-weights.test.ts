@@ -43,7 +43,7 @@ describe('default weights', () => {
     assert.deepEqual(fs.readdirSync(dir).sort(), [path.basename(live), path.basename(file)].sort());
   });
 
-  it('says on stderr, unless quiet, that the weights are random; an unwritable cache is E_IO', async () => {
+  it('says on stderr, unless quiet, that the weights are random, where they go and how big; an unwritable cache is E_IO naming VGGNET_CACHE', async () => {
     // A cache folder under a regular file cannot be made, which also spares this test 553 MB.
     const blocked = path.join(writeTemp(new Uint8Array(1), 'not-a-folder'), 'cache');
     const written: string[] = [];
@@ -51,12 +51,15 @@ describe('default weights', () => {
     process.stderr.write = ((s: string) => { written.push(s); return true; }) as typeof write;
     try {
       for (const quiet of [false, true]) {
-        await assert.rejects(defaultWeights({ cacheDir: blocked, quiet }), (e: VggError) => e.code === 'E_IO' && /ENOTDIR/.test(e.message));
+        await assert.rejects(defaultWeights({ cacheDir: blocked, quiet }), (e: VggError) => e.code === 'E_IO' && /ENOTDIR; set VGGNET_CACHE to a folder you can write/.test(e.message));
       }
     } finally {
       process.stderr.write = write;
     }
-    assert.deepEqual(written, ['vgg: no --weights given: using VGG16 with seeded random weights (features are meaningless; `vgg fetch vgg16` downloads real ones)\n']);
+    assert.deepEqual(written, [
+      'vgg: no --weights given: using VGG16 with seeded random weights (features are meaningless; `vgg fetch vgg16` downloads real ones)\n',
+      `vgg: writing them once to ${path.join(blocked, 'vgg16-random-seed0.safetensors')} (553 MB; VGGNET_CACHE chooses the folder)\n`,
+    ]);
   });
 
   it('finds the cache in VGGNET_CACHE, else XDG_CACHE_HOME, else ~/.cache', () => {

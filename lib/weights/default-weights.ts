@@ -48,9 +48,10 @@ export async function defaultWeights(options: DefaultWeightsOptions = {}): Promi
   // A file of the right size was renamed into place complete: a partial one never has this name.
   if ((await fs.promises.stat(file).catch(() => undefined))?.size === size) return file;
 
+  if (!options.quiet) process.stderr.write(`vgg: writing them once to ${file} (${Math.round(size / 1e6)} MB; VGGNET_CACHE chooses the folder)\n`);
   const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.tmp`);
-  const ioError = (e: unknown) =>
-    new VggError('E_IO', `cannot write default weights to ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, { cause: e });
+  const ioError = (e: unknown) => new VggError('E_IO', `cannot write default weights to ${file}: `
+    + `${(e as NodeJS.ErrnoException).code ?? (e as Error).message}; set VGGNET_CACHE to a folder you can write, or pass --weights`, { cause: e });
   await fs.promises.mkdir(dir, { recursive: true }).catch((e) => { throw ioError(e); });
   await removeAbandoned(dir, path.basename(file));
   try {

@@ -2,8 +2,10 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import { cacheDir } from './default-weights';
+import { type Dispatcher, EnvHttpProxyAgent, fetch, type Response } from 'undici';
 import { VggError, argError } from '../errors';
+import { ioError } from '../files';
+import { hubCacheDir, RepoCache } from './hf-cache';
 import { openWeights } from './open';
 import { presetArch } from '../arch/topology';
 
@@ -23,12 +25,14 @@ export const HUB_REPOS: Record<string, string> = {
 };
 
 export interface FetchOptions {
-  /** Overrides cacheDir(); the file goes to `<cacheDir>/models/<name>.safetensors`. */
+  /** The Hugging Face hub cache to read and fill: default hubCacheDir() (`$HF_HUB_CACHE`, `$HF_HOME/hub`, `~/.cache/huggingface/hub`). */
   cacheDir?: string;
   /** The Hub's address (a mirror, a proxy): `HF_ENDPOINT`, else https://huggingface.co. */
   endpoint?: string;
   /** Called after every chunk received; the caller throttles what it shows. */
   onProgress?: (p: FetchProgress) => void;
+  /** Aborts the download (E_FETCH); what was received is kept, and the next call resumes it. */
+  signal?: AbortSignal;
 }
 
 export interface FetchProgress {
@@ -42,52 +46,53 @@ export interface FetchProgress {
 }
 
 export interface FetchResult {
+  /** The file in the cache's snapshot of the repository (a link into its blobs/). */
   path: string;
-  /** It was downloaded before: nothing was requested. */
+  /** It was in the cache: nothing was requested. */
   cached: boolean;
   /** The checksum the file was verified against; absent when the server sent none. */
   sha256?: string;
 }
 
+const FILE = 'model.safetensors';
 const MAX_REDIRECTS = 10;
 
 /**
- * Downloads pretrained weights into the cache, unless they are there already: resumable (a
- * `.part` file continued with an HTTP Range request), checked against the sha256 the Hub
- * announces, and bound as a VGG of the expected config before it gets its final name.
+ * Pretrained weights from the Hugging Face hub cache, downloaded into it first unless a file is
+ * there already (from an earlier call, or from huggingface_hub in Python: nothing is requested
+ * then). The download goes through HTTPS_PROXY/HTTP_PROXY (NO_PROXY honoured), is resumable
+ * (`blobs/<sha256>.incomplete` continued with an HTTP Range request), checked against the sha256
+ * the Hub announces, and bound as a VGG of the expected config before it gets its final name.
  */
 export async function fetchWeights(name: string, options: FetchOptions = {}): Promise<FetchResult> {
   // Own keys only: `constructor`, `toString` and the like are not weights.
   const repo = typeof name === 'string' && Object.hasOwn(HUB_REPOS, name) ? HUB_REPOS[name] : undefined;
   if (repo === undefined) throw argError('name', `one of ${Object.keys(HUB_REPOS).join(', ')}`, name);
   const endpoint = (options.endpoint ?? process.env.HF_ENDPOINT ?? 'https://huggingface.co').replace(/\/+$/, '');
-  const url = `${endpoint}/${repo}/resolve/main/model.safetensors`;
-  const dir = path.join(options.cacheDir ?? cacheDir(), 'models');
-  const file = path.join(dir, `${name}.safetensors`);
-  if (fs.existsSync(file)) return { path: file, cached: true };
+  const cache = new RepoCache(options.cacheDir ?? hubCacheDir(), repo);
+  const found = cache.find(FILE);
+  if (found) return { path: found, cached: true };
 
-  const part = `${file}.part`;
-  await fs.promises.mkdir(dir, { recursive: true }).catch((e) => { throw ioError(dir, e); });
-  const sha256 = await download(url, part, options.onProgress);
+  // Read from the environment now, so a caller that sets HTTPS_PROXY before calling is obeyed.
+  const dispatcher = new EnvHttpProxyAgent();
   try {
-    if (sha256 !== undefined) {
-      const actual = await sha256File(part);
-      if (actual !== sha256) throw new VggError('E_FETCH', `${url}: checksum mismatch: expected sha256 ${sha256}, got ${actual}; the download was deleted`);
-    }
-    await checkArch(part, name, url);
-  } catch (e) {
-    // A complete but wrong file cannot be resumed into a right one.
-    await fs.promises.rm(part, { force: true });
-    throw e;
+    return await download({ url: `${endpoint}/${repo}/resolve/main/${FILE}`, name, cache, dispatcher, ...options });
+  } finally {
+    await dispatcher.close();
   }
-  await fs.promises.rename(part, file).catch((e) => { throw ioError(file, e); });
-  return { path: file, cached: false, sha256 };
 }
 
-/** Downloads `url` into `part`, continuing what is there; resolves to the sha256 the server announced. */
-async function download(url: string, part: string, onProgress?: FetchOptions['onProgress']): Promise<string | undefined> {
-  const have = fs.existsSync(part) ? fs.statSync(part).size : 0;
-  const { response, sha256 } = await request(url, have);
+interface Download extends FetchOptions {
+  url: string;
+  name: string;
+  cache: RepoCache;
+  dispatcher: Dispatcher;
+}
+
+/** Downloads into the blob's `.incomplete` file, continuing what is there, then checks and commits it. */
+async function download(d: Download): Promise<FetchResult> {
+  const { url } = d;
+  const { response, meta, part, from: have } = await open(d);
   let from: number;
   let total: number | undefined;
   if (response.status === 206) {
@@ -105,19 +110,19 @@ async function download(url: string, part: string, onProgress?: FetchOptions['on
     // The part file is not shorter than the file (it changed, or a run died before renaming): start over.
     await response.body?.cancel();
     await fs.promises.rm(part, { force: true });
-    return download(url, part, onProgress);
+    return download(d);
   } else {
     await response.body?.cancel();
     throw new VggError('E_FETCH', `${url}: HTTP ${response.status} ${response.statusText}`);
   }
 
   let received = from;
-  const out = await fs.promises.open(part, from > 0 ? 'a' : 'w').catch((e) => { throw ioError(part, e); });
+  const out = await fs.promises.open(part, from > 0 ? 'a' : 'w').catch((e) => { throw ioError(e, `cannot write ${part}`); });
   try {
     for await (const chunk of response.body!) {
-      await out.write(chunk).catch((e) => { throw ioError(part, e); });
+      await out.write(chunk).catch((e) => { throw ioError(e, `cannot write ${part}`); });
       received += chunk.length;
-      onProgress?.({ url, received, total, resumedFrom: from });
+      d.onProgress?.({ url, received, total, resumedFrom: from });
     }
   } catch (e) {
     if (e instanceof VggError) throw e;
@@ -128,33 +133,77 @@ async function download(url: string, part: string, onProgress?: FetchOptions['on
   if (total !== undefined && received !== total) {
     throw new VggError('E_FETCH', `${url}: the server ended the download at ${received} of ${total} bytes; run again to resume`);
   }
-  return sha256;
+  try {
+    if (meta.sha256 !== undefined) {
+      const actual = await sha256File(part);
+      if (actual !== meta.sha256) throw new VggError('E_FETCH', `${url}: checksum mismatch: expected sha256 ${meta.sha256}, got ${actual}; the download was deleted`);
+    }
+    await checkArch(part, d.name, url);
+  } catch (e) {
+    // A complete but wrong file cannot be resumed into a right one.
+    await fs.promises.rm(part, { force: true });
+    throw e;
+  }
+  const file = await d.cache.commit(part, meta.blob, meta.commit, FILE).catch((e) => { throw ioError(e, `cannot write ${d.cache.dir}`); });
+  return { path: file, cached: false, sha256: meta.sha256 };
 }
+
+interface Meta { sha256?: string; etag?: string; commit: string; blob: string }
 
 /**
  * GET with redirects followed by hand: the Hub answers with a redirect to its CDN, and only that
- * redirect carries the file's sha256 (X-Linked-Etag), which automatic following would hide.
+ * redirect carries the file's sha256 (X-Linked-Etag) and the commit (X-Repo-Commit), which
+ * automatic following would hide. They name the blob, and so the `.incomplete` file whose size
+ * is where the download resumes: the CDN is asked for the rest with a Range.
  */
-async function request(url: string, from: number): Promise<{ response: Response; sha256?: string }> {
-  let at = url;
-  let sha256: string | undefined;
+async function open(d: Download): Promise<{ response: Response; meta: Meta; part: string; from: number }> {
+  let at = d.url;
+  const meta: Partial<Meta> = {};
+  let part: string | undefined;
+  let from = 0;
   for (let hop = 0; hop <= MAX_REDIRECTS; hop++) {
-    let response: Response;
-    try {
-      // Not gzip, which fetch() would decode, so that byte counts and ranges refer to the file
-      // itself (fetch() asks for identity by itself when given a Range).
-      const headers: Record<string, string> = from > 0 ? { range: `bytes=${from}-` } : { 'accept-encoding': 'identity' };
-      response = await fetch(at, { redirect: 'manual', headers });
-    } catch (e) {
-      throw new VggError('E_FETCH', `${url}: ${reason(e)}`, { cause: e });
-    }
-    sha256 ??= announcedSha256(response.headers);
+    const response = await get(at, from, d);
+    meta.sha256 ??= announcedSha256(response.headers);
+    meta.etag ??= response.headers.get('etag')?.replace(/^W\//, '').replace(/"/g, '') || undefined;
+    meta.commit ??= response.headers.get('x-repo-commit') ?? undefined;
     const location = response.headers.get('location');
-    if (response.status < 300 || response.status >= 400 || location === null) return { response, sha256 };
+    const redirect = response.status >= 300 && response.status < 400 && location !== null;
+    if (part === undefined && (redirect || response.ok)) {
+      meta.blob = meta.sha256 ?? meta.etag;
+      if (meta.blob === undefined || !/^[\w.-]+$/.test(meta.blob)) {
+        await response.body?.cancel();
+        throw new VggError('E_FETCH', `${d.url}: the server named no version of the file (no X-Linked-Etag or ETag), so it cannot be cached`);
+      }
+      part = d.cache.blob(`${meta.blob}.incomplete`);
+      await fs.promises.mkdir(path.dirname(part), { recursive: true }).catch((e) => { throw ioError(e, `cannot write ${path.dirname(part!)}`); });
+      from = (await fs.promises.stat(part).catch(() => undefined))?.size ?? 0;
+      if (!redirect && from > 0) {
+        // The file came without a redirect, from the start: ask again for the rest.
+        await response.body?.cancel();
+        continue;
+      }
+    }
+    if (!redirect) {
+      if (part === undefined) return { response, meta: meta as Meta, part: '', from: 0 }; // an HTTP error: download() reports it
+      // huggingface_hub names snapshots by commit; a server that sends none (an old mirror) gets the branch's name.
+      meta.commit ??= 'main';
+      return { response, meta: meta as Meta, part, from };
+    }
     await response.body?.cancel();
     at = new URL(location, at).href;
   }
-  throw new VggError('E_FETCH', `${url}: more than ${MAX_REDIRECTS} redirects`);
+  throw new VggError('E_FETCH', `${d.url}: more than ${MAX_REDIRECTS} redirects`);
+}
+
+async function get(url: string, from: number, d: Download): Promise<Response> {
+  // Not gzip, which fetch() would decode, so that byte counts and ranges refer to the file itself
+  // (fetch() asks for identity by itself when given a Range).
+  const headers: Record<string, string> = from > 0 ? { range: `bytes=${from}-` } : { 'accept-encoding': 'identity' };
+  try {
+    return await fetch(url, { redirect: 'manual', headers, dispatcher: d.dispatcher, signal: d.signal });
+  } catch (e) {
+    throw new VggError('E_FETCH', `${d.url}: ${reason(e)}`, { cause: e });
+  }
 }
 
 /** The Hub gives an LFS file's sha256 as its X-Linked-Etag (or ETag); other ETags are not checksums. */
@@ -198,6 +247,3 @@ function reason(e: unknown): string {
   return cause?.message ?? (e as Error).message;
 }
 
-function ioError(file: string, e: unknown): VggError {
-  return new VggError('E_IO', `cannot write ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, { cause: e });
-}
