@@ -110,11 +110,21 @@ describe('classify', () => {
       assert.match(r.stdout, new RegExp(`^${COFFEE.replace(/[.]/g, '\\.')}\n(  0\\.\\d{4}  class_\\d \\(\\d\\)\n){2}$`));
     });
 
-    it('reports an unreadable image in one line, goes on with the others, and exits 1', () => {
+    it('records an unreadable image in one line, goes on with the others, and exits 2', () => {
       const r = vgg(__filename, COFFEE, '--weights', WEIGHTS, '--top', '1', '--threads', '2');
-      assert.equal(r.status, 1);
-      assert.match(r.stderr, /^vgg: E_IMAGE: cannot decode image .*classify\.test\.js: .*\n$/);
+      assert.equal(r.status, 2, r.stderr);
+      assert.match(r.stderr, new RegExp(`^vgg classify: ${__filename.replace(/[.]/g, '\\.')}: E_IMAGE: cannot decode image .*classify\\.test\\.js: .*\n`
+        + 'vgg classify: 2 images, 1 failed, [\\d.]+ s, [\\d.]+ images/s\n$'));
       assert.match(r.stdout, /^.*coffee\.png\n  0\.\d{4}  class_\d \(\d\)\n$/);
+    });
+
+    it('--json: one object per image, a failed one with its error; --quiet: nothing else on stderr', () => {
+      const r = vgg(COFFEE, __filename, COFFEE, '--weights', WEIGHTS, '--top', '1', '--threads', '2', '--json', '--quiet');
+      assert.equal(r.status, 2, r.stderr);
+      const lines = r.stdout.trimEnd().split('\n').map((l) => JSON.parse(l));
+      assert.deepEqual(lines.map((l) => [l.image, l.classes?.length, l.error?.code]), [[COFFEE, 1, undefined], [__filename, undefined, 'E_IMAGE'], [COFFEE, 1, undefined]]);
+      assert.match(lines[1].error.message, /cannot decode image/);
+      assert.equal(r.stderr.split('\n').filter((l) => l !== '').length, 1, r.stderr); // the failed image's line only
     });
 
     it('E_ARG for --scales without --dense', () => {

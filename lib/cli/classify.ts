@@ -4,16 +4,16 @@ import { defaultWeights } from '../weights/default-weights';
 import { VggError } from '../errors';
 import { loadModel } from '../model';
 import { PRESETS, type Preset } from '../images/preprocess';
-import { type EngineFlags, engineOptions, engineSettings, positiveInt, positiveIntList, reportError } from './common';
+import { type EngineFlags, engineOptions, engineSettings, positiveInt, positiveIntList } from './common';
+import { Progress, progressOptions, type ProgressFlags } from './progress';
 
-interface ClassifyFlags extends EngineFlags {
+interface ClassifyFlags extends EngineFlags, ProgressFlags {
   weights?: string;
   top: number;
   dense?: true;
   scales?: number[];
   flip?: true;
   preset?: Preset;
-  json?: true;
 }
 
 export function registerClassify(program: Command): void {
@@ -26,8 +26,12 @@ export function registerClassify(program: Command): void {
     .option('--scales <Q,...>', `shorter sides for --dense (default: ${DENSE_SCALES.join(',')})`, positiveIntList)
     .option('--flip', 'also average the posteriors of the mirrored image')
     .addOption(new Option('--preset <name>', "the preprocessing the weights were trained with (default: the weights' own, torchvision for most)").choices(PRESETS))
-    .option('--json', 'print one JSON line per image: {"image", "classes": [{"label", "index", "prob"}]}');
-  engineOptions(command).action(classifyImages);
+    .option('--json', 'print one JSON line per image: {"image", "classes": [{"label", "index", "prob"}]} or {"image", "error": {"code", "message"}}')
+    .addHelpText('after', `
+An image that cannot be read is reported (a line on stderr, and in --json its own object) and
+skipped, as \`file\` or \`identify\` would. With more than one image and stdout not a terminal,
+progress is shown on stderr.`);
+  progressOptions(engineOptions(command), { json: false }).action(classifyImages);
 }
 
 type Outcome = { image: string; classes?: Prediction[]; error?: unknown };
@@ -36,6 +40,8 @@ async function classifyImages(images: string[], flags: ClassifyFlags): Promise<v
   if (flags.scales && !flags.dense) throw new VggError('E_ARG', '--scales applies only with --dense');
   const model = await loadModel(flags.weights ?? await defaultWeights(), engineSettings(flags));
   const { top, dense, scales, flip, preset } = flags;
+  // The results are the progress when they go to the terminal.
+  const progress = new Progress('vgg classify', { total: images.length, quiet: flags.quiet || images.length < 2 || process.stdout.isTTY });
   // Settled rather than rejected: an outcome may wait while the image before it runs.
   const start = (image: string): Promise<Outcome> => model.classify(image, { top, dense, scales, flip, preset })
     .then((classes) => ({ image, classes }), (error: unknown) => ({ image, error }));
@@ -46,17 +52,25 @@ async function classifyImages(images: string[], flags: ClassifyFlags): Promise<v
       const current = next;
       if (i + 1 < images.length) next = start(images[i + 1]);
       const { image, classes, error } = await current;
-      if (error !== undefined) {
-        // An unreadable image is reported and skipped, as `file` or `identify` would; exit status 1 tells.
-        if (error instanceof VggError && (error.code === 'E_IMAGE' || error.code === 'E_IO')) reportError(error);
-        else throw error;
-      } else {
+      if (error === undefined) {
         process.stdout.write(flags.json ? `${JSON.stringify({ image, classes })}\n` : text(image, classes!));
+      } else if (error instanceof VggError && (error.code === 'E_IMAGE' || error.code === 'E_IO')) {
+        // Recorded per image, as extract does; anything else (a broken model) stops the run.
+        progress.log(`vgg classify: ${image}: ${error.code}: ${error.message.replace(/\s*\n\s*/g, ' ')}`);
+        if (flags.json) process.stdout.write(`${JSON.stringify({ image, error: { code: error.code, message: error.message } })}\n`);
+      } else {
+        throw error;
       }
+      progress.tick(error !== undefined);
     }
   } finally {
+    progress.stop();
     await model.dispose();
   }
+  if (images.length > 1 && !flags.quiet) {
+    process.stderr.write(`vgg classify: ${images.length} images, ${progress.failed} failed, ${progress.seconds.toFixed(1)} s, ${progress.rate.toFixed(1)} images/s\n`);
+  }
+  if (progress.failed) process.exitCode = 2;
 }
 
 function text(image: string, classes: Prediction[]): string {

@@ -1,6 +1,5 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { SingleBar } from 'cli-progress';
 import { Command } from 'commander';
 import { defaultWeights } from '../weights/default-weights';
 import { IMAGE_EXTENSIONS, imageList } from '../images/sources';
@@ -9,8 +8,9 @@ import { loadModel, type Model } from '../model';
 import type { Preset } from '../images/preprocess';
 import { Journal, journalRecords, writeJournal, writerFor } from '../outputs';
 import { type EngineFlags, commaList, engineOptions, engineSettings, positiveInt, preprocessOptions, reportError } from './common';
+import { finish, Progress, progressOptions, type ProgressFlags } from './progress';
 
-interface ExtractFlags extends EngineFlags {
+interface ExtractFlags extends EngineFlags, ProgressFlags {
   weights?: string;
   outputs: string[];
   out: string;
@@ -23,9 +23,6 @@ interface ExtractFlags extends EngineFlags {
 
 /** Finished batches are committed to the journal at least this often, so a crash loses little. */
 const COMMIT_MS = 1000;
-/** Without a terminal, a progress line at most this often, or every this many images. */
-const LINE_MS = 5000;
-const LINE_IMAGES = 1000;
 
 const HELP = `
 Inputs: a folder (every image in it and its subfolders, by extension: ${IMAGE_EXTENSIONS.join(' ')}),
@@ -40,9 +37,6 @@ Images that fail are listed in FILE.errors.jsonl ({"id", "code", "message"} per 
 
 Progress is journaled in FILE.partial/ as it goes; after a crash or Ctrl-C, the same command
 with --resume skips the images already done and writes the same FILE as an uninterrupted run.
-
-Exit status: 0 every image done; 1 an error stopped the run (one line on stderr); 2 FILE was
-written but some images failed; 130 interrupted (143 on SIGTERM), continue with --resume.
 `;
 
 export function registerExtract(program: Command): void {
@@ -55,7 +49,7 @@ export function registerExtract(program: Command): void {
     .option('--batch <n>', 'images per run of the network', positiveInt, 32)
     .option('--resume', 'continue an interrupted run of the same command')
     .addHelpText('after', HELP);
-  engineOptions(preprocessOptions(command)).action(extractImages);
+  progressOptions(engineOptions(preprocessOptions(command))).action(extractImages);
 }
 
 async function extractImages(input: string, flags: ExtractFlags): Promise<void> {
@@ -72,7 +66,7 @@ async function extractImages(input: string, flags: ExtractFlags): Promise<void> 
     const unknown = flags.outputs.filter((o) => !names.includes(o));
     if (unknown.length) throw new VggError('E_ARG', `--outputs names unknown blob ${unknown.join(', ')}; ${weights} has ${names.join(', ')}`);
     const journal = Journal.open(`${flags.out}.partial`, flags.outputs, await jobOf(input, weights, flags), flags.resume ?? false);
-    if (journal.items) process.stderr.write(`vgg extract: resuming: ${journal.items} images already done in ${journal.dir}\n`);
+    if (journal.items && !flags.quiet) process.stderr.write(`vgg extract: resuming: ${journal.items} images already done in ${journal.dir}\n`);
 
     const done = await extractInto(journal, model, unjournaled(list(), journal), flags, total);
     const errorsFile = `${flags.out}.errors.jsonl`;
@@ -80,8 +74,12 @@ async function extractImages(input: string, flags: ExtractFlags): Promise<void> 
     journal.remove();
 
     const seconds = (performance.now() - started) / 1000;
-    process.stderr.write(`vgg extract: ${journal.items} images, ${journal.failed} failed, ${seconds.toFixed(1)} s, `
-      + `${(done / seconds).toFixed(1)} images/s -> ${flags.out}${journal.failed ? `; failures in ${errorsFile}` : ''}\n`);
+    const rate = Number((done / seconds).toFixed(1));
+    finish(flags, `vgg extract: ${journal.items} images, ${journal.failed} failed, ${seconds.toFixed(1)} s, `
+      + `${rate.toFixed(1)} images/s -> ${flags.out}${journal.failed ? `; failures in ${errorsFile}` : ''}`, {
+      command: 'extract', images: journal.items, failed: journal.failed, seconds: Number(seconds.toFixed(3)), imagesPerSecond: rate,
+      out: flags.out, ...(journal.failed ? { errors: errorsFile } : {}),
+    });
     if (journal.failed) process.exitCode = 2;
   } finally {
     await model.dispose();
@@ -103,7 +101,7 @@ async function jobOf(input: string, weights: string, flags: ExtractFlags): Promi
  * committed and the process ends, leaving the journal for --resume.
  */
 async function extractInto(journal: Journal, model: Model, images: AsyncIterable<string>, flags: ExtractFlags, total: number): Promise<number> {
-  const progress = new Progress(total, journal.items, journal.failed);
+  const progress = new Progress('vgg extract', { total, done: journal.items, failed: journal.failed, quiet: flags.quiet });
   const interrupted = (signal: NodeJS.Signals) => {
     progress.stop();
     stopListening();
@@ -145,55 +143,4 @@ async function* unjournaled(images: AsyncIterable<string>, journal: Journal): As
     index++;
   }
   if (!done.next().done) throw new VggError('E_ARG', `--resume: there are fewer images (${index}) than the interrupted run did (${journal.items}); delete ${journal.dir} to start over`);
-}
-
-// ---- progress -------------------------------------------------------------------
-
-/** A bar with images/s and ETA on a terminal; otherwise a line every LINE_MS or LINE_IMAGES. */
-class Progress {
-  thisRun = 0;
-  #bar: SingleBar | undefined;
-  #total: number;
-  #done: number;
-  #failed: number;
-  #started = performance.now();
-  #line = { at: performance.now(), done: 0 };
-
-  constructor(total: number, done: number, failed: number) {
-    [this.#total, this.#done, this.#failed] = [total, done, failed];
-    this.#line.done = done;
-    if (process.stderr.isTTY) {
-      this.#bar = new SingleBar({
-        format: 'vgg extract [{bar}] {value}/{total} images | {rate} images/s | ETA {eta_formatted} | {failed} failed',
-        stream: process.stderr,
-        hideCursor: true,
-        etaBuffer: 200,
-      });
-      this.#bar.start(total, done, this.#payload());
-    }
-  }
-
-  tick(failed: boolean): void {
-    this.#done++;
-    this.thisRun++;
-    if (failed) this.#failed++;
-    const now = performance.now();
-    if (this.#bar) {
-      this.#bar.update(this.#done, this.#payload());
-    } else if (now - this.#line.at >= LINE_MS || this.#done - this.#line.done >= LINE_IMAGES) {
-      const { rate } = this.#payload();
-      const eta = Number(rate) > 0 ? `${Math.round((this.#total - this.#done) / Number(rate))} s` : '?';
-      process.stderr.write(`vgg extract: ${this.#done}/${this.#total} images, ${this.#failed} failed, ${rate} images/s, ETA ${eta}\n`);
-      this.#line = { at: now, done: this.#done };
-    }
-  }
-
-  stop(): void {
-    this.#bar?.stop();
-  }
-
-  #payload() {
-    const seconds = (performance.now() - this.#started) / 1000;
-    return { rate: seconds > 0 ? (this.thisRun / seconds).toFixed(1) : '0.0', failed: this.#failed };
-  }
 }

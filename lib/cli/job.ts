@@ -1,8 +1,8 @@
-import { SingleBar } from 'cli-progress';
 import { Command, Option } from 'commander';
 import { jobStatus, mergeJob, runWorker, submitJob, type JobStatus } from '../jobs';
 import type { Preset } from '../images/preprocess';
 import { type EngineFlags, commaList, engineOptions, engineSettings, positiveInt, preprocessOptions, reportError } from './common';
+import { finish, Progress, progressOptions, type ProgressFlags } from './progress';
 
 const redisOption = () => new Option('--redis <url>', 'Redis URL').env('REDIS_URL').default('redis://127.0.0.1:6379');
 
@@ -14,8 +14,6 @@ DIR must be a folder every worker can write (a shared file system), and image pa
 readable from every worker (they are stored absolute). \`vgg job merge JOB --out FILE\` joins the
 shards in input order into FILE (.safetensors, .npy or .jsonl), the same bytes as \`vgg extract\`.
 Submitting the same images with the same options again is the same job: nothing is added.
-
-Exit status of wait: 0 every shard done; 2 some shards failed for good (see \`vgg job status\`).
 `;
 
 export function registerJob(program: Command): void {
@@ -83,39 +81,33 @@ export function registerJob(program: Command): void {
       else process.stdout.write(statusText(s));
     });
 
-  job.command('wait')
+  const wait = job.command('wait')
     .description('block until every shard is done or failed for good, with progress; exit 2 if any failed')
     .argument('<job>', 'job id')
     .option('--interval-ms <n>', 'poll interval', positiveInt, 1000)
-    .addOption(redisOption())
-    .action(async (id: string, f: { intervalMs: number; redis: string }) => {
-      let bar: SingleBar | undefined;
-      let s = await jobStatus(id, { redis: f.redis });
-      let lastLine = 0;
-      if (process.stderr.isTTY) {
-        bar = new SingleBar({ format: 'vgg job [{bar}] {value}/{total} shards | {rate} images/s | ETA {eta}s | {failed} failed', stream: process.stderr, hideCursor: true });
-        bar.start(s.shards, s.done, { rate: '0.0', eta: '?', failed: 0 });
+    .addOption(redisOption());
+  progressOptions(wait).action(async (id: string, f: ProgressFlags & { intervalMs: number; redis: string }) => {
+    let s = await jobStatus(id, { redis: f.redis });
+    // Counted in images, which move steadily, where shards come in steps; failed counts shards.
+    const progress = new Progress('vgg job', { total: s.images, done: s.imagesDone, failed: s.failed, quiet: f.quiet });
+    while (!s.finished) {
+      await new Promise((r) => setTimeout(r, f.intervalMs));
+      try {
+        s = await jobStatus(id, { redis: f.redis });
+      } catch (e) {
+        // Redis restarting: keep waiting (the workers reconnect too); a missing job still fails at the first call.
+        if (!f.quiet) process.stderr.write(`vgg job: ${(e as Error).message}; retrying\n`);
       }
-      for (;;) {
-        const payload = { rate: s.imagesPerSecond.toFixed(1), eta: s.etaSeconds === undefined ? '?' : Math.round(s.etaSeconds), failed: s.failed };
-        if (bar) bar.update(s.done + s.failed, payload);
-        else if (Date.now() - lastLine > 5000 || s.finished) {
-          process.stderr.write(`vgg job: ${s.done}/${s.shards} shards done, ${s.failed} failed, ${s.running} running, ${payload.rate} images/s, ETA ${payload.eta} s\n`);
-          lastLine = Date.now();
-        }
-        if (s.finished) break;
-        await new Promise((r) => setTimeout(r, f.intervalMs));
-        try {
-          s = await jobStatus(id, { redis: f.redis });
-        } catch (e) {
-          // Redis restarting: keep waiting (the workers reconnect too); a missing job still fails at the first call.
-          process.stderr.write(`vgg job: ${(e as Error).message}; retrying\n`);
-        }
-      }
-      bar?.stop();
-      for (const x of s.failures) process.stderr.write(`vgg job: shard ${x.index} failed after ${x.attempts} attempts: ${x.error}\n`);
-      if (s.failed) process.exitCode = 2;
+      progress.set(s.imagesDone, s.failed);
+    }
+    progress.stop();
+    for (const x of s.failures) process.stderr.write(`vgg job: shard ${x.index} failed after ${x.attempts} attempts: ${x.error}\n`);
+    finish(f, `vgg job: ${s.done}/${s.shards} shards done, ${s.failed} failed, ${s.imagesDone}/${s.images} images -> ${s.out}`, {
+      command: 'job wait', job: s.id, shards: s.shards, done: s.done, failed: s.failed, images: s.images, imagesDone: s.imagesDone,
+      seconds: Number(progress.seconds.toFixed(3)), imagesPerSecond: Number(s.imagesPerSecond.toFixed(1)), out: s.out,
     });
+    if (s.failed) process.exitCode = 2;
+  });
 
   job.command('merge')
     .description('join the shards of a finished job into one features file, in input order')

@@ -3,8 +3,9 @@ import { packWeights } from '../tasks/pack';
 import type { Precision } from '../native';
 import type { Head } from '../arch/topology';
 import { imageSize, positiveInt, positiveIntList } from './common';
+import { finish, progressOptions, type ProgressFlags } from './progress';
 
-interface PackFlags {
+interface PackFlags extends ProgressFlags {
   weights: string;
   out: string;
   precision: Precision;
@@ -26,7 +27,7 @@ for the shapes it was packed for; then pack for that shape).
 `;
 
 export function registerPack(program: Command): void {
-  program.command('pack')
+  const command = program.command('pack')
     .description('pre-arrange weights for this machine: fast loads, shared between processes')
     .requiredOption('--weights <file>', 'weights (.safetensors)')
     .requiredOption('--out <file>', 'packed file to write')
@@ -37,8 +38,9 @@ export function registerPack(program: Command): void {
     .option('--size <list>', 'input sizes HxW to pack for', (v: string) => v.split(',').map((s) => imageSize(s.trim())), [[224, 224]])
     .option('--head <list>', 'heads to pack for: fixed, dense', headList, ['fixed'])
     .option('--threads <n>', 'oneDNN threads (default: all cores)', positiveInt)
-    .addHelpText('after', HELP)
-    .action(run);
+    .addHelpText('after', HELP);
+  // No bar: oneDNN packs every shape in one call; --quiet and --json shape the closing line.
+  progressOptions(command).action(run);
 }
 
 function headList(value: string): Head[] {
@@ -54,5 +56,8 @@ async function run(flags: PackFlags): Promise<void> {
     precision: flags.precision, shapes, winograd: flags.winograd, calibration: flags.calibration, threads: flags.threads,
   });
   const mb = (r.bytes / 1e6).toFixed(1);
-  process.stderr.write(`vgg pack: ${r.header.precision}${r.header.winograd ? ' Winograd' : ''} for oneDNN ${r.header.onednn} on ${r.header.isa}, ${r.layouts} layouts, ${mb} MB -> ${flags.out} in ${((performance.now() - started) / 1000).toFixed(1)} s\n`);
+  const seconds = (performance.now() - started) / 1000;
+  finish(flags, `vgg pack: ${r.header.precision}${r.header.winograd ? ' Winograd' : ''} for oneDNN ${r.header.onednn} on ${r.header.isa}, ${r.layouts} layouts, ${mb} MB -> ${flags.out} in ${seconds.toFixed(1)} s`, {
+    command: 'pack', precision: r.header.precision, winograd: r.header.winograd, layouts: r.layouts, bytes: r.bytes, seconds: Number(seconds.toFixed(3)), out: flags.out,
+  });
 }
