@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -12,6 +12,15 @@ const main = path.resolve(__dirname, '../lib/cli/main.js');
 function vgg(...args: string[]) {
   const r = spawnSync(process.execPath, [main, ...args], { encoding: 'utf8', env: { ...process.env, VGG_DEBUG: '' } });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** Runs vgg with its stdout read by nobody: the pipe is closed before vgg writes, as `| head` does after its lines. */
+function vggClosedStdout(...args: string[]): Promise<{ status: number | null; stderr: string }> {
+  const proc = spawn(process.execPath, [main, ...args], { env: { ...process.env, VGG_DEBUG: '' }, stdio: ['ignore', 'pipe', 'pipe'] });
+  proc.stdout!.destroy();
+  let stderr = '';
+  proc.stderr!.on('data', (d) => { stderr += d; });
+  return new Promise((resolve) => proc.on('close', (status) => resolve({ status, stderr })));
 }
 
 function tensor(file: SafetensorsFile, name: string): { data: Float32Array; shape: number[] } {
@@ -166,5 +175,27 @@ describe('vgg CLI', function () {
     for (const command of ['run', 'info', 'convert']) assert.match(help.stdout, new RegExp(`^  ${command} `, 'm'));
     const pkg = JSON.parse(fs.readFileSync(path.resolve(__dirname, '../../package.json'), 'utf8'));
     assert.equal(vgg('--version').stdout.trim(), pkg.version);
+  });
+
+  describe('a closed stdout', () => {
+    const coffee = fixture('images/coffee.png');
+    // Every command that prints on stdout, and every help.
+    const printing = () => [
+      ['--help'], ['help', 'extract'], ...['run', 'info', 'convert', 'calibrate', 'pack', 'fetch', 'classify', 'extract', 'serve', 'job',
+        'job submit', 'job worker', 'job status', 'job wait', 'job merge'].map((c) => [...c.split(' '), '--help']),
+      ['--version'], ['info', '--arch', 'vgg16'], ['info', '--arch', 'vgg16', '--json'],
+      ['classify', ...Array(6).fill(coffee), '--weights', fixture('D.weights.safetensors'), '--threads', '2'],
+      ['classify', ...Array(6).fill(coffee), '--weights', fixture('D.weights.safetensors'), '--threads', '2', '--json'],
+      ['extract', coffee, '--weights', fixture('D.weights.safetensors'), '--threads', '2', '--out', path.join(tmp, 'epipe.jsonl'), '--json'],
+    ];
+
+    it('ends each command quietly with status 0, as ls | head does', async function () {
+      this.timeout(120000);
+      for (const args of printing()) {
+        const r = await vggClosedStdout(...args);
+        assert.equal(r.status, 0, `vgg ${args.join(' ')}: ${r.stderr}`);
+        assert.doesNotMatch(r.stderr, /EPIPE|Error|at /, `vgg ${args.join(' ')}`);
+      }
+    });
   });
 });

@@ -20,8 +20,22 @@ const LEASE = { lockDuration: 1000, stalledInterval: 500 };
 
 interface Ran { status: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }
 
-function vgg(args: string[], env: Record<string, string> = {}): { proc: ChildProcess; done: Promise<Ran> } {
-  const proc = spawn(process.execPath, [MAIN, ...args], { env: { ...process.env, VGG_DEBUG: '', ...env } });
+/**
+ * The `vgg` a README deployment runs: the package's bin, as npm links it into node_modules/.bin
+ * (an executable with a `#!/usr/bin/env node` line), so that signals reach vgg itself.
+ */
+function binDir(): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vgg-bin-'));
+  fs.chmodSync(MAIN, 0o755); // what npm does to a bin when it links it
+  fs.symlinkSync(MAIN, path.join(dir, 'vgg'));
+  return dir;
+}
+
+function vgg(args: string[], env: Record<string, string> = {}, { asInstalled = false } = {}): { proc: ChildProcess; done: Promise<Ran> } {
+  const base = { ...process.env, VGG_DEBUG: '', ...env };
+  const proc = asInstalled
+    ? spawn('vgg', args, { env: { ...base, PATH: [binDir(), path.dirname(process.execPath), process.env.PATH].join(path.delimiter) } })
+    : spawn(process.execPath, [MAIN, ...args], { env: base });
   let stdout = '';
   let stderr = '';
   proc.stdout!.on('data', (d) => { stdout += d; });
@@ -198,10 +212,10 @@ describe('distributed jobs (BullMQ on a real redis-server)', function () {
     await mergedEqualsReference(id, 'restart');
   });
 
-  it('SIGTERM on a busy worker finishes its shard, then exits 0; the rest wait for another worker', async () => {
+  it("SIGTERM to the README's worker command (the bin itself) finishes its shard, then exits 0; the rest wait for another worker", async () => {
     const out = path.join(dir, 'term');
     const { id } = await submit(out);
-    const slow = vgg([...workerArgs(), '--batch-delay-ms', '200']);
+    const slow = vgg([...workerArgs(), '--batch-delay-ms', '200'], {}, { asInstalled: true });
     procs.push(slow.proc);
     await until('a shard to run', async () => (await jobStatus(id, { redis: redis.url })).running > 0);
     slow.proc.kill('SIGTERM');

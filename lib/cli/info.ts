@@ -1,4 +1,4 @@
-import { Command } from 'commander';
+import { Command, Option } from 'commander';
 import { VggError } from '../errors';
 import { archInfo, type ModelInfo } from '../engine';
 import { openWeights } from '../weights';
@@ -17,7 +17,7 @@ export function registerInfo(program: Command): void {
     .description('parameters, MACs and layer table of a network')
     .option('--weights <file>', 'a weights file to describe (safetensors, packed, .pth, .caffemodel, Keras .h5, .onnx)')
     .option('--arch <name>', 'a preset instead: A, A-LRN, B, C, D, E, vgg11..vgg19, with _bn for batch norm')
-    .option('--size <HxW>', 'input size for output shapes and MACs', imageSize, [224, 224])
+    .addOption(new Option('--size <HxW>', 'input size for output shapes and MACs').argParser(imageSize).default([224, 224], '224x224'))
     .option('--json', 'print JSON instead of text')
     .action(info);
 }

@@ -1,42 +1,11 @@
 #!/usr/bin/env node
-import * as fs from 'node:fs';
-import * as path from 'node:path';
-import { Command, CommanderError } from 'commander';
+import { CommanderError } from 'commander';
 import { reportError } from './common';
-import { registerCalibrate } from './calibrate';
-import { registerClassify } from './classify';
-import { registerConvert } from './convert';
-import { registerExtract } from './extract';
-import { registerFetch } from './fetch';
-import { registerInfo } from './info';
-import { registerJob } from './job';
-import { registerPack } from './pack';
-import { registerRun } from './run';
-import { registerServe } from './serve';
+import { buildProgram } from './program';
+import { endQuietlyOnClosedStdout } from './stdout';
 
-// package.json sits three levels above this file once compiled to dist/lib/cli/.
-const { version } = JSON.parse(fs.readFileSync(path.resolve(__dirname, '../../../package.json'), 'utf8')) as { version: string };
-
-const program = new Command('vgg')
-  .description('VGG networks on oneDNN: run, inspect and convert weights')
-  .version(version)
-  // Commander would print its own "error: ..." and exit; reportError prints ours instead.
-  // Set before the commands are added, which inherit both settings.
-  .exitOverride()
-  .configureOutput({ outputError: () => {} });
-
-registerRun(program);
-registerInfo(program);
-registerConvert(program);
-registerCalibrate(program);
-registerPack(program);
-registerFetch(program);
-registerClassify(program);
-registerExtract(program);
-registerServe(program);
-registerJob(program);
-
-program.parseAsync(process.argv).catch((e: unknown) => {
+endQuietlyOnClosedStdout();
+buildProgram().parseAsync(process.argv).catch((e: unknown) => {
   if (e instanceof CommanderError && e.code === 'commander.help') {
     // `vgg` alone: commander has already printed the help to stderr.
     process.exitCode = e.exitCode;
