@@ -281,7 +281,14 @@ describe('extract', function () {
 
     it('writes .jsonl from a glob, a line per image with values that read back as the same float32', () => {
       const file = path.join(out, 'rows.jsonl');
-      assert.equal(vgg(cliArgs(FIRST_100(), file, '--outputs', 'fc7,pool5')).status, 2);
+      const r = vgg(cliArgs(FIRST_100(), file, '--outputs', 'fc7,pool5', '--json', '--quiet'));
+      assert.equal(r.status, 2);
+      // --json: one summary object on stdout; --quiet: nothing on stderr.
+      const summary = JSON.parse(r.stdout);
+      assert.deepEqual({ ...summary, seconds: 0, imagesPerSecond: 0 },
+        { command: 'extract', images: 100, failed: 1, seconds: 0, imagesPerSecond: 0, out: file, errors: `${file}.errors.jsonl` });
+      assert.ok(summary.imagesPerSecond > 0 && summary.seconds > 0);
+      assert.equal(r.stderr, '');
       const reference = readRows(path.join(out, 'all.safetensors'));
       const lines = fs.readFileSync(file, 'utf8').trimEnd().split('\n').map((l) => JSON.parse(l));
       assert.deepEqual(lines.map((l) => l.id), reference.ids.slice(0, 99));

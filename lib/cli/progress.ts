@@ -121,20 +121,31 @@ export class Progress {
   }
 
   #payload() {
-    const u = this.#unit;
-    const show = (n: number) => (n * u.scale).toFixed(u.digits);
-    const total = this.#total;
-    const count = total === undefined ? `${show(this.done)} ${u.name}` : `${show(this.done)}/${show(total)} ${u.name}`;
-    const elapsed = performance.now() - this.started;
-    const meaningful = total !== undefined && this.rate > 0 && elapsed >= ETA_AFTER_MS
-      && (this.done - this.#from) >= ETA_AFTER_FRACTION * total;
-    return {
-      count,
-      rate: `${(this.rate * u.scale).toFixed(1)} ${u.name}/s`,
-      eta: meaningful ? `ETA ${duration(Math.max(0, (total! - this.done) / this.rate))}` : '',
-      failures: this.failed ? ` | ${this.failed} failed` : '',
-    };
+    return progressFields({ done: this.done, from: this.#from, total: this.#total, failed: this.failed, ms: performance.now() - this.started }, this.#unit);
   }
+}
+
+export interface ProgressState {
+  done: number;
+  /** Done before this run started (not counted in the rate). */
+  from: number;
+  total?: number;
+  failed: number;
+  /** Since this run started. */
+  ms: number;
+}
+
+/** What the bar and the lines show: counts, rate, and the ETA only once it is worth reading. */
+export function progressFields(p: ProgressState, u: Unit): { count: string; rate: string; eta: string; failures: string } {
+  const show = (n: number) => (n * u.scale).toFixed(u.digits);
+  const rate = p.ms > 0 ? (p.done - p.from) / (p.ms / 1000) : 0;
+  const meaningful = p.total !== undefined && rate > 0 && p.ms >= ETA_AFTER_MS && p.done - p.from >= ETA_AFTER_FRACTION * p.total;
+  return {
+    count: p.total === undefined ? `${show(p.done)} ${u.name}` : `${show(p.done)}/${show(p.total)} ${u.name}`,
+    rate: `${(rate * u.scale).toFixed(1)} ${u.name}/s`,
+    eta: meaningful ? `ETA ${duration(Math.max(0, (p.total! - p.done) / rate))}` : '',
+    failures: p.failed ? ` | ${p.failed} failed` : '',
+  };
 }
 
 /**

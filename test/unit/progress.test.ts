@@ -1,0 +1,23 @@
+import * as assert from 'node:assert/strict';
+import { IMAGES, MEGABYTES, duration, progressFields } from '../../lib/cli/progress';
+
+describe('unit: progress', () => {
+  it('shows no ETA before 3 s and 2% of the run: a first batch would make it wild', () => {
+    // The 9 s run that first showed "ETA 5m0s": 1 image after 1 s.
+    assert.equal(progressFields({ done: 1, from: 0, total: 60, failed: 0, ms: 1000 }, IMAGES).eta, '');
+    assert.equal(progressFields({ done: 10, from: 0, total: 1000, failed: 0, ms: 5000 }, IMAGES).eta, ''); // 1%
+    assert.equal(progressFields({ done: 30, from: 0, total: 60, failed: 0, ms: 4500 }, IMAGES).eta, 'ETA 5 s');
+    assert.equal(progressFields({ done: 30, from: 0, total: undefined, failed: 0, ms: 4500 }, IMAGES).eta, '');
+  });
+
+  it("counts this run's items in the rate, not a resumed run's", () => {
+    const f = progressFields({ done: 120, from: 100, total: 200, failed: 3, ms: 4000 }, IMAGES);
+    assert.deepEqual(f, { count: '120/200 images', rate: '5.0 images/s', eta: 'ETA 16 s', failures: ' | 3 failed' });
+  });
+
+  it('shows bytes as MB', () => {
+    const f = progressFields({ done: 50e6, from: 0, total: 553e6, failed: 0, ms: 5000 }, MEGABYTES);
+    assert.deepEqual(f, { count: '50.0/553.0 MB', rate: '10.0 MB/s', eta: 'ETA 50 s', failures: '' });
+    assert.equal(duration(200), '3 min 20 s');
+  });
+});
