@@ -71,14 +71,15 @@ export class Progress {
     this.#quiet = options.quiet ?? false;
     if (!this.#quiet && process.stderr.isTTY && process.env.TERM !== 'dumb') {
       this.#bar = new SingleBar({
-        format: `${label} [{bar}] {count} | {rate} | {eta}{failures}`,
+        // Not {eta}: cli-progress fills that itself, from the first second on.
+        format: `${label} [{bar}] {count} | {rate}{until}{failures}`,
         stream: process.stderr,
         hideCursor: true,
         barCompleteChar: '#',
         barIncompleteChar: '-',
         barsize: 30,
       });
-      this.#bar.start(this.#total ?? 0, this.done, this.#payload());
+      this.#bar.start(this.#total ?? 0, this.done, this.#barPayload());
     }
   }
 
@@ -92,11 +93,11 @@ export class Progress {
     [this.done, this.failed] = [done, failed];
     if (this.#quiet) return;
     if (this.#bar) {
-      this.#bar.update(done, this.#payload());
+      this.#bar.update(done, this.#barPayload());
     } else if (performance.now() - this.#lineAt >= LINE_MS) {
       this.#lineAt = performance.now();
       const p = this.#payload();
-      process.stderr.write(`${this.#label}: ${p.count}, ${p.rate}${p.eta ? `, ${p.eta}` : ''}${p.failures}\n`);
+      process.stderr.write(`${this.#label}: ${[p.count, p.rate, p.eta, p.failures.replace(' | ', '')].filter(Boolean).join(', ')}\n`);
     }
   }
 
@@ -118,6 +119,11 @@ export class Progress {
   /** Items per second in this run. */
   get rate(): number {
     return this.seconds > 0 ? (this.done - this.#from) / this.seconds : 0;
+  }
+
+  #barPayload() {
+    const p = this.#payload();
+    return { ...p, until: p.eta ? ` | ${p.eta}` : '' };
   }
 
   #payload() {
