@@ -24,11 +24,14 @@ interface Ran { status: number | null; signal: NodeJS.Signals | null; stdout: st
  * The `vgg` a README deployment runs: the package's bin, as npm links it into node_modules/.bin
  * (an executable with a `#!/usr/bin/env node` line), so that signals reach vgg itself.
  */
+let bin: string | undefined;
 function binDir(): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vgg-bin-'));
-  fs.chmodSync(MAIN, 0o755); // what npm does to a bin when it links it
-  fs.symlinkSync(MAIN, path.join(dir, 'vgg'));
-  return dir;
+  if (bin === undefined) {
+    bin = fs.mkdtempSync(path.join(os.tmpdir(), 'vgg-bin-'));
+    fs.chmodSync(MAIN, 0o755); // what npm does to a bin when it links it
+    fs.symlinkSync(MAIN, path.join(bin, 'vgg'));
+  }
+  return bin;
 }
 
 function vgg(args: string[], env: Record<string, string> = {}, { asInstalled = false } = {}): { proc: ChildProcess; done: Promise<Ran> } {
@@ -110,6 +113,7 @@ describe('distributed jobs (BullMQ on a real redis-server)', function () {
   after(async () => {
     await redis.close();
     if (dir) fs.rmSync(dir, { recursive: true, force: true });
+    if (bin) fs.rmSync(bin, { recursive: true, force: true });
   });
 
   it('runs a job on two worker processes; the merge equals vgg extract byte for byte; resubmitting adds nothing', async () => {
