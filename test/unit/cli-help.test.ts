@@ -26,7 +26,7 @@ describe('unit: vgg --help', () => {
     assert.match(reference, /--outputs <blobs> +comma-separated blob names \(default: fc7\)/);
     assert.match(reference, /--size <list> +input sizes HxW to pack for \(default: 224x224\)/);
     assert.match(reference, /--batch <list> +batch sizes to pack for \(default: 1,8\)/);
-    assert.match(reference, /\(choices: "torchvision",\s+"caffe", default: torchvision\)/);
+    assert.match(reference, /--head <head> +classifier head \(choices: "fixed", "dense", default: fixed\)/);
   });
 
   it("the README's CLI reference is every command's --help (npm run docs:cli rewrites it)", () => {
