@@ -10,7 +10,11 @@ import { fixture, tmpDir } from './helpers';
 
 const ROOT = path.resolve(__dirname, '../..');
 
-const CONSUMER = `import { loadModel, createServer, extract, VggError, type VggErrorCode, type Outputs } from 'vggnet';
+const CONSUMER = `import { loadModel, createServer, extract, fetchWeights, defaultWeights, VggError, type VggErrorCode, type Outputs, type FetchProgress } from 'vggnet';
+export async function weights(signal: AbortSignal): Promise<string> {
+  const fetched = await fetchWeights('vgg16', { cacheDir: '/tmp/hub', endpoint: 'http://127.0.0.1:1', onProgress: (p: FetchProgress) => void p.received, signal });
+  return fetched.cached ? fetched.path : defaultWeights({ quiet: true });
+}
 export async function features(weights: string): Promise<Outputs> {
   const model = await loadModel(weights, { threads: 1 });
   const out = await model.run({ data: new Float32Array(3 * 224 * 224), shape: [1, 3, 224, 224] }, { outputs: ['fc7'] });
