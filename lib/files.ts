@@ -23,10 +23,33 @@ export class Sink {
   }
 
   flush(): void {
-    if (this.#pieces.length) fs.writevSync(this.#fd, this.#pieces);
+    const pieces = this.#pieces;
     this.#pieces = [];
     this.#buffered = 0;
+    writeAll(this.#fd, pieces);
   }
+}
+
+/**
+ * Writes every byte of `pieces`. writev may take fewer bytes than asked (a disk filling up takes
+ * what fits, then says ENOSPC on the next call): the rest is written again until all of it is in,
+ * or a call takes nothing, which is a full disk however the kernel put it.
+ */
+function writeAll(fd: number, pieces: Uint8Array[]): void {
+  let left = pieces.filter((p) => p.length > 0);
+  while (left.length) {
+    const wrote = fs.writevSync(fd, left);
+    if (wrote === 0) throw Object.assign(new Error('no space left on device (a write took 0 bytes)'), { code: 'ENOSPC' });
+    left = skipBytes(left, wrote);
+  }
+}
+
+function skipBytes(pieces: Uint8Array[], bytes: number): Uint8Array[] {
+  let i = 0;
+  while (i < pieces.length && bytes >= pieces[i].length) bytes -= pieces[i++].length;
+  const rest = pieces.slice(i);
+  if (bytes > 0) rest[0] = rest[0].subarray(bytes);
+  return rest;
 }
 
 /**
@@ -80,18 +103,24 @@ export async function writeDurablyAsync(file: string, pieces: Iterable<Uint8Arra
   let handle: fs.promises.FileHandle | undefined;
   try {
     handle = await fs.promises.open(file, 'w');
-    for (const piece of pieces) {
-      for (let at = 0; at < piece.length;) {
-        const { bytesWritten } = await handle.write(piece, at, piece.length - at);
-        if (bytesWritten <= 0) throw Object.assign(new Error(`wrote ${at} of ${piece.length} bytes`), { code: 'EIO' });
-        at += bytesWritten;
-      }
-    }
+    for (const piece of pieces) await writeAllAsync(handle, piece);
     await handle.sync();
   } catch (e) {
     throw ioError(e, `cannot write ${shownAs}`);
   } finally {
     await handle?.close();
+  }
+}
+
+/**
+ * Every byte of `data`, at `position` (or the file's own position): a write that takes less (a
+ * disk filling up) is continued, and one that takes nothing is ENOSPC, however the kernel put it.
+ */
+export async function writeAllAsync(handle: fs.promises.FileHandle, data: Uint8Array, position: number | null = null): Promise<void> {
+  for (let at = 0; at < data.byteLength;) {
+    const { bytesWritten } = await handle.write(data, at, data.byteLength - at, position === null ? null : position + at);
+    if (bytesWritten <= 0) throw Object.assign(new Error(`no space left on device (wrote ${at} of ${data.byteLength} bytes)`), { code: 'ENOSPC' });
+    at += bytesWritten;
   }
 }
 

@@ -2,6 +2,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Calibration } from './calibration';
 import { VggError } from '../errors';
+import { ioError, writeAllAsync } from '../files';
 import { native, type NativePackedWeight, type Precision } from '../native';
 import { featureLayers, validateArch, type Arch, type ConvLayer } from '../arch/topology';
 import type { Naming } from './binding';
@@ -182,8 +183,8 @@ export async function writePacked(file: string, header: Omit<PackedHeader, 'tens
   let fh: fs.promises.FileHandle | undefined;
   try {
     fh = await fs.promises.open(tmp, 'w');
-    await fh.write(head, 0, head.length, 0);
-    for (const [i, t] of tensors.entries()) await fh.write(t.data, 0, t.data.byteLength, list[i].offset);
+    await writeAllAsync(fh, head, 0);
+    for (const [i, t] of tensors.entries()) await writeAllAsync(fh, t.data, list[i].offset);
     await fh.sync();
     await fh.close();
     fh = undefined;
@@ -191,7 +192,7 @@ export async function writePacked(file: string, header: Omit<PackedHeader, 'tens
   } catch (e) {
     await fh?.close().catch(() => {});
     await fs.promises.rm(tmp, { force: true });
-    throw new VggError('E_IO', `cannot write ${file}: ${(e as Error).message}`, { cause: e });
+    throw ioError(e, `cannot write ${file}`);
   }
   const last = list[list.length - 1];
   return last ? last.offset + last.bytes : head.length;
