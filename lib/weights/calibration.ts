@@ -1,8 +1,7 @@
-import * as fs from 'node:fs';
 import { VggError, argError, describe } from '../errors';
 import type { Tensor } from '../tensor';
 import { featureLayers, type Arch, type CfgItem } from '../arch/topology';
-import { writeAtomic } from '../files';
+import { readRegularFile, writeAtomic } from '../files';
 
 /**
  * Activation ranges for int8: the largest value each quantized layer produced on a calibration
@@ -80,12 +79,8 @@ export function loadCalibration(source: unknown, arch: Arch): Calibration {
   let value = source;
   const name = typeof source === 'string' ? source : 'options.calibration';
   if (typeof source === 'string') {
-    let text: string;
-    try {
-      text = fs.readFileSync(source, 'utf8');
-    } catch (e) {
-      throw new VggError('E_IO', `cannot read calibration file ${source}: ${(e as Error).message}`, { cause: e });
-    }
+    // A calibration is a few kilobytes of JSON.
+    const text = readRegularFile(source, 'calibration file', 1 << 24).toString('utf8');
     try {
       value = JSON.parse(text);
     } catch (e) {
@@ -101,14 +96,30 @@ export function loadCalibration(source: unknown, arch: Arch): Calibration {
   if (JSON.stringify(c.cfg) !== JSON.stringify(arch.cfg)) {
     throw new VggError('E_ARG', `${name} was made for a VGG with cfg ${JSON.stringify(c.cfg)}, not this model's ${JSON.stringify(arch.cfg)}`);
   }
+  let previous: [string, number] | undefined;
   for (const blob of calibratedBlobs(arch)) {
     const m = (c.max as Record<string, unknown>)[blob];
     if (typeof m !== 'number' || !Number.isFinite(m) || m <= 0) {
       throw new VggError('E_ARG', `${name}: expected a positive range for ${blob} but received ${describe(m)}`);
     }
+    if (m < MIN_RANGE || m > MAX_RANGE) {
+      throw new VggError('E_ARG', `${name}: the range of ${blob}, ${m}, is outside ${MIN_RANGE} to ${MAX_RANGE}, where float32 int8 scales (255 / range) hold it; calibrate again on real images`);
+    }
+    // A layer requantizes by its input's range over its output's (times a weight scale): that too must stay well inside float32.
+    if (previous && (previous[1] / m < MIN_RANGE || previous[1] / m > MAX_RANGE)) {
+      throw new VggError('E_ARG', `${name}: the ranges of ${previous[0]} (${previous[1]}) and ${blob} (${m}) differ by more than float32 int8 scales can multiply (a factor of ${MAX_RANGE}); calibrate again on real images`);
+    }
+    previous = [blob, m];
   }
   return c as Calibration;
 }
+
+/**
+ * The ranges int8 accepts: 255 / range and the ratio of two of them, times a weight scale, must be
+ * normal float32 numbers (1e-38 to 3e38) with room to spare.
+ */
+const MIN_RANGE = 1e-30;
+const MAX_RANGE = 1e30;
 
 /** u8 scale of a blob: stored value = real value * scale. */
 export const outScale = (calibration: Calibration, blob: string) => 255 / calibration.max[blob];
