@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { VggError } from './errors';
+import { VggError, type VggErrorCode } from './errors';
 
 /** Small writes are gathered into one write syscall per this many bytes. */
 const BUFFER_BYTES = 1 << 20;
@@ -134,4 +134,48 @@ export async function writeAtomicAsync(file: string, pieces: Iterable<Uint8Array
     await fs.promises.rm(tmp, { force: true });
     throw ioError(e, `cannot write ${file}`);
   }
+}
+
+/**
+ * Reads the whole of `file`, which must be a regular file of at most `maxBytes`: a FIFO, a device
+ * or a socket (`--input /dev/zero`) would block or never end. Opened non-blocking, so that a FIFO
+ * without a writer is refused rather than waited on. Failures are E_IO naming `what` and the file.
+ */
+export function readRegularFile(file: string, what: string, maxBytes: number): Buffer {
+  let fd: number;
+  try {
+    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+  } catch (e) {
+    throw ioError(e, `cannot read ${what} ${file}`);
+  }
+  try {
+    const stat = fs.fstatSync(fd);
+    if (!stat.isFile()) throw new VggError('E_IO', `${what} ${file} is not a regular file (${fileKind(stat)})`);
+    if (stat.size > maxBytes) throw new VggError('E_IO', `${what} ${file} is ${stat.size} bytes, more than the ${maxBytes} it may be`);
+    return fs.readFileSync(fd);
+  } catch (e) {
+    throw ioError(e, `cannot read ${what} ${file}`);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** Stats `file` and refuses what is not a regular file (`code` as the caller's errors are), without opening it. */
+export async function checkRegularFile(file: string, what: string, code: VggErrorCode = 'E_IO'): Promise<fs.Stats> {
+  let stat: fs.Stats;
+  try {
+    stat = await fs.promises.stat(file);
+  } catch (e) {
+    throw ioError(e, `cannot read ${what} ${file}`);
+  }
+  if (!stat.isFile()) throw new VggError(code, `${what} ${file} is not a regular file (${fileKind(stat)})`);
+  return stat;
+}
+
+function fileKind(stat: fs.Stats): string {
+  if (stat.isDirectory()) return 'a folder';
+  if (stat.isFIFO()) return 'a FIFO';
+  if (stat.isCharacterDevice() || stat.isBlockDevice()) return 'a device';
+  if (stat.isSocket()) return 'a socket';
+  return 'not a file';
 }

@@ -3,6 +3,7 @@ import type Sharp from 'sharp';
 import { VggError, argError, checkInt, checkOneOf, checkOptions, isInt } from '../errors';
 import type { Tensor } from '../tensor';
 import { PRESETS, type Preset } from '../weights/layers';
+import { checkRegularFile } from '../files';
 
 // sharp (libvips) loads on first use: a process that only runs tensors never pays for it.
 let sharpModule: typeof Sharp | undefined;
@@ -92,6 +93,8 @@ function checkPreprocessOptions(options: PreprocessOptions | undefined): Require
  */
 async function decode(image: string | Buffer, maxPixels: number): Promise<{ data: Buffer; info: { width: number; height: number } }> {
   const what = describeImage(image);
+  // libvips would open a FIFO and wait for a writer forever.
+  if (typeof image === 'string') await checkRegularFile(image, 'image', 'E_IMAGE');
   try {
     // ignoreIcc: PIL, and so torchvision training, reads stored values without colour management.
     return await sharp(image, { autoOrient: true, ignoreIcc: true, limitInputPixels: maxPixels })

@@ -1,5 +1,6 @@
 import * as yauzl from 'yauzl';
 import { VggError, describe, isInt } from '../errors';
+import { checkRegularFile } from '../files';
 import { unpickle } from './pickle';
 import { widen16 } from './safetensors';
 import type { Tensor } from '../tensor';
@@ -39,6 +40,7 @@ class TensorRef {
 /** Every float tensor of the state_dict in `file`, as float32, in the state_dict's order. */
 export async function readPth(file: string): Promise<Map<string, Tensor>> {
   const bad = (why: string) => new VggError('E_WEIGHTS_FORMAT', `${file}: ${why}`);
+  await checkRegularFile(file, 'checkpoint');
   const zip = await openZip(file);
   try {
     const entries = await listEntries(zip);

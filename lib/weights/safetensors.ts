@@ -1,6 +1,5 @@
-import * as fs from 'node:fs';
 import { VggError, isInt } from '../errors';
-import { writeAtomic } from '../files';
+import { readRegularFile, writeAtomic } from '../files';
 import type { Tensor } from '../tensor';
 
 /** Bytes per element of every dtype the safetensors format defines. */
@@ -180,13 +179,11 @@ export function writeSafetensors(file: string, tensors: Record<string, Tensor>, 
   });
 }
 
+/** Files read whole (input batches) are at most this: one Buffer's worth, 2 GiB. */
+const MAX_READ_BYTES = 2 ** 31 - 1;
+
 /** Reads a whole (small) safetensors file, such as an input batch, into memory. */
 export function readSafetensorsFile(file: string): SafetensorsFile {
-  let bytes: Buffer;
-  try {
-    bytes = fs.readFileSync(file);
-  } catch (e) {
-    throw new VggError('E_IO', `cannot read ${file}: ${(e as Error).message}`, { cause: e });
-  }
+  const bytes = readRegularFile(file, 'safetensors file', MAX_READ_BYTES);
   return parseSafetensors(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength), file);
 }

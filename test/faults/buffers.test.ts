@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { VggError } from '../../lib/errors';
-import { loadModel, type Model } from '../../lib/engine/model';
+import { loadModel, type Model } from '../../lib/model';
 import { fixture, randomInput } from '../helpers';
 
 /** Memory the caller can take away while a run waits in the queue. */

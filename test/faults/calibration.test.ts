@@ -1,7 +1,8 @@
 import { strict as assert } from 'node:assert';
 import { VggError } from '../../lib/errors';
 import { calibratedBlobs, loadCalibration, type Calibration } from '../../lib/weights/calibration';
-import { loadModel, openWeights } from '../../lib/engine/model';
+import { loadModel } from '../../lib/model';
+import { openWeights } from '../../lib/weights';
 import { fixture } from '../helpers';
 
 /** Ranges float32 int8 scales cannot represent: refused with the layer named, not NaN outputs. */
