@@ -6,69 +6,7 @@ import { VggError } from '../lib/errors';
 import { readPth } from '../lib/weights/pth';
 import { parseSafetensors, readF32 } from '../lib/weights/safetensors';
 import { fixture } from './helpers';
-
-
-// ---- A few pickle opcodes, enough to forge the data.pkl of small checkpoints. ----
-
-const op = (code: number, ...operand: number[]) => Buffer.from([code, ...operand]);
-const u32 = (n: number) => { const b = Buffer.alloc(4); b.writeUInt32LE(n); return b; };
-const str = (s: string) => Buffer.concat([op(0x58), u32(Buffer.byteLength(s)), Buffer.from(s)]); // BINUNICODE
-const int = (n: number) => Buffer.concat([op(0x4a), u32(n)]); // BININT
-const tuple = (...items: Buffer[]) => Buffer.concat([op(0x28), ...items, op(0x74)]); // MARK ... TUPLE
-const global = (module: string, name: string) => Buffer.from(`c${module}\n${name}\n`);
-const call = (fn: Buffer, ...args: Buffer[]) => Buffer.concat([fn, tuple(...args), op(0x52)]); // REDUCE
-const dict = (entries: [string, Buffer][]) =>
-  Buffer.concat([op(0x7d), op(0x28), ...entries.flatMap(([k, v]) => [str(k), v]), op(0x75)]); // EMPTY_DICT MARK ... SETITEMS
-const pickle = (body: Buffer) => Buffer.concat([op(0x80, 2), body, op(0x2e)]); // PROTO 2 ... STOP
-
-/** What torch.save writes for one tensor: a view of storage `key` with `numel` elements. */
-function tensor(storageClass: string, key: string, numel: number, offset: number, size: number[], stride: number[]): Buffer {
-  const storage = Buffer.concat([tuple(str('storage'), global('torch', storageClass), str(key), str('cpu'), int(numel)), op(0x51)]); // BINPERSID
-  return call(global('torch._utils', '_rebuild_tensor_v2'),
-    storage, int(offset), tuple(...size.map(int)), tuple(...stride.map(int)), op(0x89), call(global('collections', 'OrderedDict')));
-}
-
-// ---- A zip writer for stored (uncompressed) entries, as torch.save writes them. ----
-
-const CRC_TABLE = Array.from({ length: 256 }, (_, n) => {
-  for (let k = 0; k < 8; k++) n = n & 1 ? 0xedb88320 ^ (n >>> 1) : n >>> 1;
-  return n >>> 0;
-});
-const crc32 = (data: Uint8Array) => (data.reduce((c, b) => CRC_TABLE[(c ^ b) & 0xff] ^ (c >>> 8), 0xffffffff) ^ 0xffffffff) >>> 0;
-
-function storedZip(files: Record<string, Uint8Array>): Buffer {
-  const locals: Buffer[] = [];
-  const centrals: Buffer[] = [];
-  let offset = 0;
-  for (const [name, data] of Object.entries(files)) {
-    const nameBytes = Buffer.from(name);
-    const local = Buffer.alloc(30);
-    local.writeUInt32LE(0x04034b50, 0);
-    local.writeUInt16LE(20, 4); // version needed to extract
-    local.writeUInt32LE(crc32(data), 14);
-    local.writeUInt32LE(data.length, 18);
-    local.writeUInt32LE(data.length, 22);
-    local.writeUInt16LE(nameBytes.length, 26);
-    const central = Buffer.alloc(46);
-    central.writeUInt32LE(0x02014b50, 0);
-    central.writeUInt16LE(20, 4); // version made by
-    central.writeUInt16LE(20, 6);
-    local.copy(central, 16, 14, 26); // crc and sizes
-    central.writeUInt16LE(nameBytes.length, 28);
-    central.writeUInt32LE(offset, 42);
-    locals.push(local, nameBytes, Buffer.from(data));
-    centrals.push(central, nameBytes);
-    offset += local.length + nameBytes.length + data.length;
-  }
-  const directory = Buffer.concat(centrals);
-  const end = Buffer.alloc(22);
-  end.writeUInt32LE(0x06054b50, 0);
-  end.writeUInt16LE(centrals.length / 2, 8);
-  end.writeUInt16LE(centrals.length / 2, 10);
-  end.writeUInt32LE(directory.length, 12);
-  end.writeUInt32LE(offset, 16);
-  return Buffer.concat([...locals, directory, end]);
-}
+import { call, dict, global, int, op, pickle, storedZip, str, tensor } from './forge-pth';
 
 const f32 = (...values: number[]) => new Uint8Array(new Float32Array(values).buffer);
 

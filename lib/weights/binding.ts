@@ -41,13 +41,19 @@ const IGNORED = /\.num_batches_tracked$/;
 const shapeText = (s: number[]) => `[${s.join(', ')}]`;
 const sameShape = (a: number[], b: number[]) => a.length === b.length && a.every((v, i) => v === b[i]);
 
+/** A weights file's tensor names, dtypes and shapes, without their data: enough to check it. */
+export interface TensorShapes {
+  source: string;
+  metadata: Record<string, string>;
+  tensors: Map<string, { dtype?: string; shape: number[] }>;
+}
+
 /**
- * Binds a weights file to a VGG: the architecture from `__metadata__` when the file has it,
- * otherwise inferred from the tensors; then every tensor checked against it, batch norm folded.
+ * The VGG a file's tensors describe: the architecture from `__metadata__` when the file has it,
+ * otherwise inferred from the tensors; then every tensor checked against it. Reads no data, so a
+ * converter can ask before it inflates anything.
  */
-export function bindWeights(file: SafetensorsFile | TensorSet): BoundWeights {
-  const preset = file.metadata['vgg.preset'] ?? 'torchvision';
-  if (!PRESETS.includes(preset as Preset)) throw new VggError('E_WEIGHTS_FORMAT', `${file.source}: __metadata__ vgg.preset is ${JSON.stringify(preset)}, expected one of ${PRESETS.join(', ')}`);
+export function fitVgg(file: TensorShapes): { arch: Arch; naming: Naming } {
   const naming: Naming = file.tensors.has('pre_logits.fc1.weight') ? 'timm' : 'torchvision';
   const arch = file.metadata['vgg.cfg'] !== undefined ? archFromMetadata(file) : inferArch(file, naming);
   const expected = expectedTensors(arch, naming);
@@ -56,7 +62,7 @@ export function bindWeights(file: SafetensorsFile | TensorSet): BoundWeights {
   for (const [name, want] of expected) {
     const entry = file.tensors.get(name);
     if (!entry) throw new VggError('E_WEIGHTS_MISSING', `${file.source}: tensor ${name} is missing; ${context} needs it as ${want.role}, shape ${shapeText(want.shape)}`);
-    if ('dtype' in entry && !FLOAT_DTYPES.has(entry.dtype)) throw new VggError('E_WEIGHTS_FORMAT', `${file.source}: tensor ${name} is ${entry.dtype}, expected F32, F16 or BF16`);
+    if (entry.dtype !== undefined && !FLOAT_DTYPES.has(entry.dtype)) throw new VggError('E_WEIGHTS_FORMAT', `${file.source}: tensor ${name} is ${entry.dtype}, expected F32, F16 or BF16`);
     if (!sameShape(entry.shape, want.shape)) {
       throw new VggError('E_SHAPE', `${file.source}: tensor ${name} has shape ${shapeText(entry.shape)} but ${want.role} of ${context} needs ${shapeText(want.shape)}`);
     }
@@ -66,7 +72,14 @@ export function bindWeights(file: SafetensorsFile | TensorSet): BoundWeights {
       throw new VggError('E_WEIGHTS_EXTRA', `${file.source}: tensor ${name} is not part of ${context}`);
     }
   }
+  return { arch, naming };
+}
 
+/** Binds a weights file to its VGG (fitVgg), batch norm folded into the convs. */
+export function bindWeights(file: SafetensorsFile | TensorSet): BoundWeights {
+  const preset = file.metadata['vgg.preset'] ?? 'torchvision';
+  if (!PRESETS.includes(preset as Preset)) throw new VggError('E_WEIGHTS_FORMAT', `${file.source}: __metadata__ vgg.preset is ${JSON.stringify(preset)}, expected one of ${PRESETS.join(', ')}`);
+  const { arch, naming } = fitVgg(file);
   const read = (name: string) => {
     const entry = file.tensors.get(name)!;
     return 'data' in entry ? entry.data : readF32(file as SafetensorsFile, entry);
@@ -136,7 +149,7 @@ export function archMetadata(arch: Arch, naming: Naming): Record<string, string>
 }
 
 /** Reads the architecture from the `vgg.*` metadata keys. */
-function archFromMetadata(file: SafetensorsFile | TensorSet): Arch {
+function archFromMetadata(file: TensorShapes): Arch {
   const m = file.metadata;
   const bad = (key: string, expected: string) =>
     new VggError('E_WEIGHTS_FORMAT', `${file.source}: __metadata__ ${key} is ${JSON.stringify(m[key])}, expected ${expected}`);
@@ -164,7 +177,7 @@ function archFromMetadata(file: SafetensorsFile | TensorSet): Arch {
  * [BN,] ReLU per conv, one slot per pool and per LRN, so the index gaps between convs tell
  * where the pools are: one spare slot is a pool, two are an LRN then a pool (as in A-LRN).
  */
-function inferArch(file: SafetensorsFile | TensorSet, naming: Naming): Arch {
+function inferArch(file: TensorShapes, naming: Naming): Arch {
   const fail = (why: string) => new VggError('E_SHAPE', `${file.source}: the tensors fit no VGG: ${why}`);
   const convs: { index: number; shape: number[] }[] = [];
   for (const [name, e] of file.tensors) {

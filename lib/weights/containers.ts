@@ -1,5 +1,6 @@
 import * as fs from 'node:fs';
 import { VggError } from '../errors';
+import { fitVgg } from './binding';
 import { native } from '../native';
 import type { Converted } from './layers';
 import { HDF5_SIGNATURE } from './keras';
@@ -14,7 +15,9 @@ export async function readContainer(file: string, bytes: Uint8Array): Promise<Co
   if (HDF5_SIGNATURE.every((b, i) => bytes[i] === b)) return (await import('./keras-thread')).convertKerasOffThread(file, bytes.length);
   if (bytes[0] === 0x50 && bytes[1] === 0x4b && bytes[2] === 0x03 && bytes[3] === 0x04) {
     const { readPth } = await import('./pth');
-    return { tensors: await readPth(file), metadata: { 'vgg.preset': 'torchvision', 'vgg.container': 'PyTorch checkpoint' }, container: 'PyTorch checkpoint' };
+    // The names, dtypes and shapes must fit a VGG before any storage is inflated (zip bombs).
+    const tensors = await readPth(file, (plan) => fitVgg({ source: file, metadata: {}, tensors: plan }));
+    return { tensors, metadata: { 'vgg.preset': 'torchvision', 'vgg.container': 'PyTorch checkpoint' }, container: 'PyTorch checkpoint' };
   }
   if (looksLikeSafetensors(bytes)) return undefined;
   const onnx = await import('./onnx');

@@ -37,8 +37,16 @@ class TensorRef {
   constructor(readonly storage: StorageRef, readonly offset: number, readonly size: number[], readonly stride: number[]) {}
 }
 
-/** Every float tensor of the state_dict in `file`, as float32, in the state_dict's order. */
-export async function readPth(file: string): Promise<Map<string, Tensor>> {
+/** What a checkpoint's pickle says of a tensor before any storage is read. */
+export interface TensorPlan { dtype: 'F32' | 'F16' | 'BF16'; shape: number[] }
+
+/**
+ * Every float tensor of the state_dict in `file`, as float32, in the state_dict's order.
+ * `check` sees every tensor's name, dtype and shape before a byte of a storage is inflated, and
+ * throws to stop there (vgg convert: does this fit a VGG?); no storage is inflated past what its
+ * tensors reach, nor past its declared size (a zip bomb).
+ */
+export async function readPth(file: string, check?: (tensors: Map<string, TensorPlan>) => void): Promise<Map<string, Tensor>> {
   const bad = (why: string) => new VggError('E_WEIGHTS_FORMAT', `${file}: ${why}`);
   await checkRegularFile(file, 'checkpoint');
   const zip = await openZip(file);
@@ -48,7 +56,10 @@ export async function readPth(file: string): Promise<Map<string, Tensor>> {
     await checkByteOrder(zip, entries.get(`${archive}byteorder`), bad);
     const storageEntry = (key: string) => entries.get(`${archive}data/${key}`);
     const root = await readDataPkl(zip, entries.get(`${archive}data.pkl`)!, storageEntry, file);
-    return await loadTensors(stateDict(root, bad), (ref, dtype) => readStorage(zip, storageEntry(ref.key)!, ref, dtype, bad), bad);
+    const refs = tensorRefs(stateDict(root, bad), bad);
+    check?.(new Map([...refs].map(([key, t]) => [key, { dtype: PLAN_DTYPE[t.storage.dtype as FloatDtype], shape: [...t.size] }])));
+    checkStorageSizes(refs, bad);
+    return await loadTensors(refs, (ref, dtype) => readStorage(zip, storageEntry(ref.key)!, ref, dtype, bad));
   } catch (e) {
     throw asVggError(e, file);
   } finally {
@@ -66,14 +77,12 @@ async function readDataPkl(zip: yauzl.ZipFile, pkl: yauzl.Entry, storageEntry: (
   });
 }
 
-async function loadTensors(
-  dict: Map<unknown, unknown>,
-  readStorage: (ref: StorageRef, dtype: FloatDtype) => Promise<Float32Array>,
-  bad: (why: string) => VggError,
-): Promise<Map<string, Tensor>> {
-  // Decoded once per key: several tensors may be views of one storage.
-  const storages = new Map<string, Float32Array>();
-  const tensors = new Map<string, Tensor>();
+/** float64 storages are read as float32. */
+const PLAN_DTYPE: Record<FloatDtype, TensorPlan['dtype']> = { float32: 'F32', float16: 'F16', bfloat16: 'BF16', float64: 'F32' };
+
+/** The state_dict's float tensors, checked to lie inside their storages; nothing read yet. */
+function tensorRefs(dict: Map<unknown, unknown>, bad: (why: string) => VggError): Map<string, TensorRef> {
+  const refs = new Map<string, TensorRef>();
   for (const [key, value] of dict) {
     if (typeof key !== 'string') throw bad(`the state_dict has a key ${describe(key)}, expected string keys`);
     if (!(value instanceof TensorRef)) throw bad(`${key} is ${value instanceof Map ? 'a dict' : describe(value)}, expected a tensor`);
@@ -85,8 +94,37 @@ async function loadTensors(
       throw bad(`${key} is an ${dtype} tensor, expected a floating-point tensor`);
     }
     checkExtent(key, value, bad);
+    refs.set(key, value);
+  }
+  return refs;
+}
+
+/**
+ * A storage may hold no more elements than its tensors reach: the declared size is what gets
+ * inflated, and a few kilobytes of zip can declare gigabytes of zeros behind a small tensor.
+ */
+function checkStorageSizes(refs: Map<string, TensorRef>, bad: (why: string) => VggError): void {
+  const reach = new Map<StorageRef['key'], { storage: StorageRef; end: number; key: string }>();
+  for (const [key, t] of refs) {
+    const end = extentEnd(t);
+    const seen = reach.get(t.storage.key);
+    if (!seen || end > seen.end) reach.set(t.storage.key, { storage: t.storage, end, key });
+  }
+  for (const { storage, end, key } of reach.values()) {
+    if (storage.numel > end) {
+      throw bad(`storage data/${storage.key} declares ${storage.numel} ${storage.dtype} elements, but its tensors (${key} and any others) use ${end}; refusing to inflate it`);
+    }
+  }
+}
+
+async function loadTensors(refs: Map<string, TensorRef>, readStorage: (ref: StorageRef, dtype: FloatDtype) => Promise<Float32Array>): Promise<Map<string, Tensor>> {
+  // Decoded once per key: several tensors may be views of one storage.
+  const storages = new Map<string, Float32Array>();
+  const tensors = new Map<string, Tensor>();
+  for (const [key, value] of refs) {
+    const { storage } = value;
     let data = storages.get(storage.key);
-    if (!data) storages.set(storage.key, (data = await readStorage(storage, dtype)));
+    if (!data) storages.set(storage.key, (data = await readStorage(storage, storage.dtype as FloatDtype)));
     tensors.set(key, { data: view(data, value), shape: [...value.size] });
   }
   return tensors;
@@ -216,12 +254,18 @@ function stateDict(root: unknown, bad: (why: string) => VggError): Map<unknown, 
  */
 function checkExtent(key: string, t: TensorRef, bad: (why: string) => VggError): void {
   const count = t.size.reduce((a, b) => a * b, 1);
-  const end = count === 0 ? 0 : t.size.reduce((last, n, d) => last + (n - 1) * t.stride[d], t.offset) + 1;
+  const end = extentEnd(t);
   const { numel } = t.storage;
   if (!Number.isSafeInteger(end) || end > numel || count > numel) {
     throw bad(`${key} (size [${t.size}], stride [${t.stride}], offset ${t.offset}) needs ` +
       `${count > numel ? `${count} elements` : `element ${end - 1}`} of storage data/${t.storage.key}, which has ${numel}`);
   }
+}
+
+/** One past the last storage element a tensor reads. */
+function extentEnd(t: TensorRef): number {
+  const count = t.size.reduce((a, b) => a * b, 1);
+  return count === 0 ? 0 : t.size.reduce((last, n, d) => last + (n - 1) * t.stride[d], t.offset) + 1;
 }
 
 async function readStorage(zip: yauzl.ZipFile, entry: yauzl.Entry, ref: StorageRef, dtype: FloatDtype, bad: (why: string) => VggError): Promise<Float32Array> {
