@@ -15,6 +15,9 @@ interface ServeFlags extends EngineFlags {
   maxQueue: number;
   timeoutMs: number;
   bodyLimitMb: number;
+  maxResponseMb: number;
+  clientTimeoutMs: number;
+  maxConnections: number;
   preset?: Preset;
   warmup?: number[];
 }
@@ -42,6 +45,9 @@ export function registerServe(program: Command): void {
     .option('--max-queue <n>', 'most images waiting; past it requests get 503', positiveInt, 256)
     .option('--timeout-ms <ms>', 'per-request limit; past it 504', positiveInt, 30000)
     .option('--body-limit-mb <mb>', 'largest request body in MiB; past it 413', positiveInt, 20)
+    .option('--max-response-mb <mb>', 'largest answer in MiB (JSON counted at 24 bytes a float); past it 400 before the run', positiveInt, 64)
+    .option('--client-timeout-ms <ms>', 'a client must send its whole request within this; idle sockets close after it', positiveInt, 10000)
+    .option('--max-connections <n>', 'most open sockets; more are closed at once', positiveInt, 512)
     .option('--warmup <n,...>', 'batch sizes run once before /readyz says ready (default: every size the batcher pads to, 1, 2, 4, ... --max-batch)', positiveIntList)
     .addOption(new Option('--preset <name>', "the preprocessing the weights were trained with (default: the weights' own, torchvision for most)").choices(PRESETS));
   engineOptions(command).action(serve);
@@ -56,6 +62,9 @@ async function serve(flags: ServeFlags): Promise<void> {
     maxQueue: flags.maxQueue,
     timeoutMs: flags.timeoutMs,
     bodyLimit: flags.bodyLimitMb * 1024 * 1024,
+    maxResponseBytes: flags.maxResponseMb * 1024 * 1024,
+    clientTimeoutMs: flags.clientTimeoutMs,
+    maxConnections: flags.maxConnections,
     preset: flags.preset,
     warmup: flags.warmup,
   });

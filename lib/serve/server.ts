@@ -1,9 +1,12 @@
+import * as http from 'node:http';
+import { Readable } from 'node:stream';
 import type { FastifyError, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
 import fastifyPlugin from 'fastify-plugin';
 import { classify } from '../tasks/classify';
 import { VggError, checkPeers, type VggErrorCode } from '../errors';
 import type { Outputs, Runner } from '../engine';
 import { preprocess } from '../images/preprocess';
+import { inferShapes, type Arch } from '../arch/topology';
 import { encodeSafetensors } from '../weights/safetensors';
 import type { Tensor } from '../tensor';
 import { VggnetService, type ServeModel, type ServeOptions } from './service';
@@ -47,7 +50,7 @@ const routes: FastifyPluginAsync<VggnetPluginOptions> = async (app, opts) => {
   // fastify's own plugin options (prefix, logLevel) are not ours.
   const serveOptions = pick(options as Record<string, unknown>, SERVE_KEYS) as ServeOptions;
   const service = given ?? new VggnetService(model, serveOptions);
-  const { bodyLimit, maxPixels, preset, timeoutMs, retryAfterS } = service.options;
+  const { bodyLimit, maxPixels, preset, timeoutMs, retryAfterS, maxResponseBytes } = service.options;
   const blobs = new Set(model.blobNames('fixed'));
 
   // Any content type is an image body; multipart carries it in the field `image`.
@@ -120,6 +123,10 @@ const routes: FastifyPluginAsync<VggnetPluginOptions> = async (app, opts) => {
     const image = await imageBody(request);
     const out = await runImage(reply, image, async (img, signal) => {
       const input = await preprocess(img, { preset, maxPixels });
+      const bytes = answerBytes(model.info, input.shape, outputs, format);
+      if (bytes > maxResponseBytes) {
+        throw new VggError('E_ARG', `the answer would be up to ${bytes} bytes (${outputs.join(',')} as ${format}), more than the server's limit of ${maxResponseBytes}; ask for fewer outputs${format === 'json' ? ', or for Accept: application/safetensors, a sixth of the size' : ''}`);
+      }
       signal.throwIfAborted();
       return service.batcher.submit(input, { outputs, signal });
     }) as Outputs;
@@ -136,9 +143,7 @@ const routes: FastifyPluginAsync<VggnetPluginOptions> = async (app, opts) => {
       for (const name of outputs) tensors[name] = out[name];
       return reply.type('application/safetensors').send(Buffer.concat(encodeSafetensors(tensors)));
     }
-    const json: Record<string, { shape: number[]; data: number[] }> = {};
-    for (const name of outputs) json[name] = { shape: out[name].shape, data: Array.from(out[name].data) };
-    return { outputs: json };
+    return reply.type('application/json').send(Readable.from(jsonAnswer(out, outputs)));
   });
 
   app.post('/v1/classify', async (request, reply) => {
@@ -181,7 +186,7 @@ const routes: FastifyPluginAsync<VggnetPluginOptions> = async (app, opts) => {
  */
 export const vggnetPlugin: VggnetPlugin = fastifyPlugin(routes, { name: 'vggnet', fastify: FASTIFY_VERSIONS, encapsulate: true });
 
-const SERVE_KEYS = ['maxBatch', 'maxDelayMs', 'maxQueue', 'timeoutMs', 'bodyLimit', 'maxPixels', 'preset', 'warmup', 'retryAfterS', 'registry', 'onBatch'];
+const SERVE_KEYS = ['maxBatch', 'maxDelayMs', 'maxQueue', 'timeoutMs', 'bodyLimit', 'maxPixels', 'preset', 'warmup', 'retryAfterS', 'registry', 'onBatch', 'maxResponseBytes'];
 
 function pick(o: Record<string, unknown>, keys: string[]): Record<string, unknown> {
   const out: Record<string, unknown> = {};
@@ -197,7 +202,21 @@ function pick(o: Record<string, unknown>, keys: string[]): Record<string, unknow
 export function createServer(model: ServeModel, options: ServeOptions & { logger?: boolean | Record<string, unknown> } = {}): VggnetServer {
   const { logger, ...serveOptions } = options;
   const service = new VggnetService(model, serveOptions);
-  const app = fastify()({ logger: logger ?? false, bodyLimit: service.options.bodyLimit, return503OnClosing: false });
+  const { clientTimeoutMs, maxConnections } = service.options;
+  const app = fastify()({
+    logger: logger ?? false, bodyLimit: service.options.bodyLimit, return503OnClosing: false,
+    // A client that stops sending (headers or body) is cut off after clientTimeoutMs, checked
+    // often enough to be on time; idle keep-alive sockets close after it too.
+    requestTimeout: clientTimeoutMs, keepAliveTimeout: clientTimeoutMs,
+    serverFactory: (handler) => {
+      const server = http.createServer({
+        requestTimeout: clientTimeoutMs, headersTimeout: clientTimeoutMs, keepAliveTimeout: clientTimeoutMs,
+        connectionsCheckingInterval: Math.min(1000, Math.max(50, clientTimeoutMs / 4)),
+      }, handler);
+      server.maxConnections = maxConnections;
+      return server;
+    },
+  });
   app.decorate('vggnet', service);
   app.setNotFoundHandler((request, reply) => {
     void reply.code(404).send({ error: { code: 'E_ARG', message: `no route ${request.method} ${request.url.split('?')[0]}` } });
@@ -228,13 +247,19 @@ export function httpStatus(err: { statusCode?: number; code?: string } & Error):
 async function imageBody(request: FastifyRequest): Promise<Buffer> {
   let image: Buffer | undefined;
   if (request.isMultipart()) {
-    for await (const part of request.parts()) {
-      if (part.type === 'file') {
-        if (part.fieldname === 'image' && image === undefined) image = await part.toBuffer();
-        else part.file.resume();
-      } else if (part.fieldname === 'image' && image === undefined && typeof part.value === 'string') {
-        image = Buffer.from(part.value, 'latin1');
+    try {
+      for await (const part of request.parts()) {
+        if (part.type === 'file') {
+          if (part.fieldname === 'image' && image === undefined) image = await part.toBuffer();
+          else part.file.resume();
+        } else if (part.fieldname === 'image' && image === undefined && typeof part.value === 'string') {
+          image = Buffer.from(part.value, 'latin1');
+        }
       }
+    } catch (e) {
+      // The multipart plugin's own limits carry a status (413); the parser's complaints do not.
+      if (typeof (e as { statusCode?: number }).statusCode === 'number' && (e as { statusCode: number }).statusCode < 500) throw e;
+      throw new VggError('E_IMAGE', `malformed multipart body: ${(e as Error).message}`, { cause: e });
     }
     if (!image) throw new VggError('E_IMAGE', 'expected the image in the multipart field "image"');
   } else {
@@ -274,4 +299,41 @@ function raceAbort<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
     signal.addEventListener('abort', onAbort, { once: true });
     promise.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
   });
+}
+/** JSON prints a float32 in at most this many bytes ("-1.1754943508222875e-38,"). */
+const JSON_BYTES_PER_FLOAT = 24;
+
+/**
+ * The most bytes the answer of `outputs` for an input of `shape` can take: 4 a float in the
+ * binary formats, the longest printed float in JSON. Known before the run, so that a request
+ * past the limit costs nothing.
+ */
+export function answerBytes(arch: Arch, shape: number[], outputs: string[], format: 'json' | 'raw' | 'safetensors'): number {
+  const [n, , h, w] = shape;
+  const floats = inferShapes(arch, n, h, w, 'fixed').filter((b) => outputs.includes(b.name)).reduce((sum, b) => sum + b.shape.reduce((a, c) => a * c, 1), 0);
+  return floats * (format === 'json' ? JSON_BYTES_PER_FLOAT : 4) + 1024 * outputs.length;
+}
+
+/** Floats printed per piece of a JSON answer: one piece is a short task on the event loop. */
+const JSON_PIECE = 1 << 14;
+
+/**
+ * The JSON answer { outputs: { name: { shape, data } } } a piece at a time, as the socket takes
+ * them: a blob of millions of floats is never one string, nor one long task on the event loop.
+ */
+export function* jsonAnswer(out: Outputs, outputs: string[]): Generator<string> {
+  yield '{"outputs":{';
+  for (const [i, name] of outputs.entries()) {
+    const { shape, data } = out[name];
+    yield `${i ? ',' : ''}${JSON.stringify(name)}:{"shape":${JSON.stringify(shape)},"data":[`;
+    for (let at = 0; at < data.length; at += JSON_PIECE) {
+      let piece = at ? ',' : '';
+      const end = Math.min(at + JSON_PIECE, data.length);
+      // JSON.stringify's numbers: non-finite ones are null.
+      for (let k = at; k < end; k++) piece += `${k > at ? ',' : ''}${Number.isFinite(data[k]) ? data[k] : 'null'}`;
+      yield piece;
+    }
+    yield ']}';
+  }
+  yield '}}';
 }

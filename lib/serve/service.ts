@@ -31,6 +31,12 @@ export interface ServeOptions {
   registry?: Registry;
   /** Called with the size of each batch as it starts. */
   onBatch?: (size: number) => void;
+  /** Largest answer in bytes (JSON counted at its longest, 24 bytes a float); past it 400 E_ARG before the run. 64 MiB by default. */
+  maxResponseBytes?: number;
+  /** createServer: a client must send its whole request (headers and body) within this, and idle keep-alive sockets close after it; 10000 by default. */
+  clientTimeoutMs?: number;
+  /** createServer: most open sockets; connections past it are closed at once. 512 by default. */
+  maxConnections?: number;
 }
 
 const MIB = 1024 * 1024;
@@ -60,8 +66,11 @@ export class VggnetService {
       preset: o.preset ?? model.info.preset ?? 'torchvision',
       warmup: o.warmup ?? batchSizes(o.maxBatch ?? 32),
       retryAfterS: o.retryAfterS ?? 1,
+      maxResponseBytes: o.maxResponseBytes ?? 64 * MIB,
+      clientTimeoutMs: o.clientTimeoutMs ?? 10_000,
+      maxConnections: o.maxConnections ?? 512,
     };
-    for (const key of ['timeoutMs', 'bodyLimit', 'maxPixels', 'retryAfterS'] as const) checkInt(this.options[key], key);
+    for (const key of ['timeoutMs', 'bodyLimit', 'maxPixels', 'retryAfterS', 'maxResponseBytes', 'clientTimeoutMs', 'maxConnections'] as const) checkInt(this.options[key], key);
     checkOneOf(this.options.preset, 'preset', PRESETS);
     this.metrics = new ServeMetrics(options.registry);
     const metrics = this.metrics;
