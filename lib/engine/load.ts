@@ -23,6 +23,8 @@ export interface LoadOptions {
   winograd?: boolean;
   /** int8: the activation ranges `vgg calibrate` measured, as its file's path or its content. */
   calibration?: string | Calibration;
+  /** A packed file: check each tensor's CRC-32 while loading (true by default; false trusts the storage). */
+  verify?: boolean;
 }
 
 /** A class built on the engine (the public Model is one): what loadEngine constructs. */
@@ -35,17 +37,18 @@ export type EngineClass<M extends Engine> = new (weights: ModelWeights, settings
  */
 export async function loadEngine<M extends Engine>(file: string, options: LoadOptions | undefined, Kind: EngineClass<M>): Promise<M> {
   const settings = checkLoadOptions(options);  // before the file, so a bad option fails fast
-  return startEngine(file, await openWeights(file), settings, Kind);
+  return startEngine(file, await openWeights(file, { verify: settings.verify }), settings, Kind);
 }
 
 export type LoadSettings = ReturnType<typeof checkLoadOptions>;
 
 /** The options that do not depend on the weights file, checked. */
 export function checkLoadOptions(options: LoadOptions | undefined) {
-  const opts = checkOptions(options, 'options', ['head', 'threads', 'device', 'precision', 'winograd', 'calibration']);
+  const opts = checkOptions(options, 'options', ['head', 'threads', 'device', 'precision', 'winograd', 'calibration', 'verify']);
   const head = checkHead(opts.head ?? 'fixed', 'options.head');
   const threads = checkInt(opts.threads ?? os.availableParallelism(), 'options.threads', { max: 1024 });
   if (opts.winograd !== undefined) checkBoolean(opts.winograd, 'options.winograd');
+  if (opts.verify !== undefined) checkBoolean(opts.verify, 'options.verify');
   const device = opts.device ?? 'cpu';
   return { ...opts, head, threads, device, cudaDevice: cudaIndex(device) };
 }

@@ -52,7 +52,7 @@ export async function packWeights(file: string, out: string, options?: PackOptio
     const layouts = await model.packLayouts(shapes);
     const { onednn, isa } = native().versions();
     const header: Omit<PackedHeader, 'tensors'> = {
-      format: 'vggnet-packed', version: 1, onednn: onednn!, isa: isa!, precision: model.precision, winograd: model.winograd,
+      format: 'vggnet-packed', version: 2, onednn: onednn!, isa: isa!, precision: model.precision, winograd: model.winograd,
       arch: { arch: weights.arch.arch, batchNorm: weights.arch.batchNorm, cfg: weights.arch.cfg, fcHidden: weights.arch.fcHidden, classes: weights.arch.classes },
       naming: weights.naming, shapes, ...(model.calibration ? { calibration: model.calibration } : {}),
     };

@@ -5,7 +5,7 @@ import { native } from '../native';
 import { bindWeights, type Naming } from './binding';
 import { readContainer } from './containers';
 import type { Preset } from './layers';
-import { isPacked, readPacked, type PackedWeights } from './packed';
+import { isPacked, readPacked, verifyPacked, type PackedWeights } from './packed';
 import { parseSafetensors } from './safetensors';
 
 /** One layer's parameters; a packed file's weight is null (the packed tensor replaces it). */
@@ -30,7 +30,7 @@ export interface ModelWeights {
  * files are converted as they are read) and binds it to its architecture,
  * validating every tensor, without starting an executor: what `loadModel` and `vgg info` share.
  */
-export async function openWeights(file: string): Promise<ModelWeights> {
+export async function openWeights(file: string, options: { verify?: boolean } = {}): Promise<ModelWeights> {
   if (typeof file !== 'string' || file.length === 0) throw argError('path', 'a weights file path', file);
   let stat: fs.Stats;
   try {
@@ -50,6 +50,7 @@ export async function openWeights(file: string): Promise<ModelWeights> {
   const bytes = new Uint8Array(mapped);
   if (isPacked(bytes)) {
     const packed = readPacked(bytes, file);
+    if (options.verify !== false) await verifyPacked(bytes, packed.header, file);
     const { arch, naming } = packed.header;
     const layer = (i: number) => ({ weight: null, bias: packed.biases[i] });
     const convs = featureLayers(arch).filter((l) => l.kind === 'conv').map((_, i) => layer(i));

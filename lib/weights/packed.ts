@@ -1,5 +1,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import * as zlib from 'node:zlib';
 import type { Calibration } from './calibration';
 import { VggError } from '../errors';
 import { ioError, writeAllAsync } from '../files';
@@ -16,6 +17,8 @@ import type { Naming } from './binding';
  *   bytes 8-15   header length L, little-endian u64
  *   16 … 16+L    header: UTF-8 JSON (PackedHeader)
  *   then         tensors, each at a 64-byte-aligned offset from the start of the file
+ *
+ * Version 2 added a CRC-32 of each tensor's bytes, which loading checks (verifyPacked).
  */
 export const PACKED_MAGIC = 'VGGPACK1';
 const ALIGN = 64;
@@ -30,11 +33,13 @@ interface PackedTensor {
   bytes: number;
   /** weights: the oneDNN memory descriptor, base64. */
   layout?: string;
+  /** CRC-32 (zlib's) of the tensor's bytes. */
+  crc32: number;
 }
 
 export interface PackedHeader {
   format: 'vggnet-packed';
-  version: 1;
+  version: 2;
   onednn: string;
   isa: string;
   precision: Precision;
@@ -96,7 +101,11 @@ export function readPacked(bytes: Uint8Array, source: string): PackedWeights {
   } catch (e) {
     throw bad(`header is not UTF-8 JSON (${(e as Error).message})`);
   }
-  if (typeof h !== 'object' || h === null || h.format !== 'vggnet-packed' || h.version !== 1) throw bad('header is not a vggnet-packed version 1 header');
+  if (typeof h !== 'object' || h === null || h.format !== 'vggnet-packed') throw bad('header is not a vggnet-packed header');
+  if ((h.version as number) === 1) {
+    throw new VggError('E_WEIGHTS_FORMAT', `${source} was packed by an older vggnet, without the checksums loading now verifies. Pack it again from the original weights: vgg pack --weights ORIGINAL --out ${path.basename(source)}`);
+  }
+  if (h.version !== 2) throw bad(`header version ${JSON.stringify(h.version)}; this vggnet reads version 2`);
   const here = native().versions();
   if (h.onednn !== here.onednn || h.isa !== here.isa) {
     throw new VggError('E_WEIGHTS_FOREIGN', `${source} was packed by oneDNN ${h.onednn} for ${h.isa}; this machine runs oneDNN ${here.onednn} on ${here.isa}. Pack it again here from the original weights: vgg pack --weights ORIGINAL --out ${path.basename(source)}`);
@@ -123,6 +132,7 @@ export function readPacked(bytes: Uint8Array, source: string): PackedWeights {
     if (!Number.isSafeInteger(t.offset) || !Number.isSafeInteger(t.bytes) || t.offset < dataStart || t.offset % ALIGN !== 0 || t.bytes < 1 || t.offset + t.bytes > bytes.length) {
       throw bad(`${what} lies outside the file or is not ${ALIGN}-byte aligned`);
     }
+    if (!Number.isInteger(t.crc32) || t.crc32 < 0 || t.crc32 > 0xffffffff) throw bad(`${what} has no CRC-32`);
     const data = bytes.subarray(t.offset, t.offset + t.bytes);
     const outC = dims[t.layer][0][0];
     if (t.kind !== 'weights') {
@@ -161,10 +171,37 @@ function weightType(precision: Precision, layer: number): string {
   return precision === 'bf16' ? 'bf16' : 'f32';
 }
 
+/**
+ * Checks every tensor's bytes against the CRC-32 its header gives: damage to the data (a bad
+ * disk, a truncated copy) is E_WEIGHTS_FORMAT naming the tensor, rather than wrong answers.
+ */
+export async function verifyPacked(bytes: Uint8Array, header: PackedHeader, source: string): Promise<void> {
+  for (const [i, t] of header.tensors.entries()) {
+    const crc = await crc32(bytes.subarray(t.offset, t.offset + t.bytes));
+    if (crc !== t.crc32) {
+      throw new VggError('E_WEIGHTS_FORMAT', `${source}: tensor ${i} (${t.kind} of layer ${t.layer}) is damaged: its CRC-32 is ${crc}, the header says ${t.crc32}. Copy the file again or pack it again from the original weights`);
+    }
+  }
+}
+
+/** zlib's CRC-32 (hardware-assisted in Node's zlib), a slice at a time so that the event loop keeps turning. */
+async function crc32(data: Uint8Array): Promise<number> {
+  const SLICE = 16 << 20;
+  let crc = 0;
+  for (let at = 0; at < data.byteLength; at += SLICE) {
+    if (at) await new Promise((resolve) => setImmediate(resolve));
+    crc = zlib.crc32(data.subarray(at, at + SLICE), crc);
+  }
+  return crc;
+}
+
 /** Writes a packed file: header first, each tensor at a 64-byte boundary; temp file then rename. */
 export async function writePacked(file: string, header: Omit<PackedHeader, 'tensors'>,
   tensors: { kind: PackedTensor['kind']; layer: number; data: Uint8Array; layout?: Uint8Array }[]): Promise<number> {
-  const list: PackedTensor[] = tensors.map((t) => ({ kind: t.kind, layer: t.layer, offset: 0, bytes: t.data.byteLength, ...(t.layout ? { layout: Buffer.from(t.layout).toString('base64') } : {}) }));
+  const list: PackedTensor[] = [];
+  for (const t of tensors) {
+    list.push({ kind: t.kind, layer: t.layer, offset: 0, bytes: t.data.byteLength, crc32: await crc32(t.data), ...(t.layout ? { layout: Buffer.from(t.layout).toString('base64') } : {}) });
+  }
   // Offsets depend on the header's length, which depends on the offsets' digits: settle it.
   let json = '';
   for (let guess = 0; ; ) {
