@@ -13,7 +13,8 @@ export type VggErrorCode =
   | 'E_FETCH' // a download failed: the network, the server's answer or the file's checksum
   | 'E_BUSY' // the server's queue is full, or it is shutting down: retry later
   | 'E_TIMEOUT' // a request took longer than the server's limit
-  | 'E_MISSING_DEPENDENCY'; // an optional peer dependency (fastify, bullmq, ...) that the app has not installed
+  | 'E_MISSING_DEPENDENCY' // an optional peer dependency (fastify, bullmq, ...) that the app has not installed
+  | 'E_JOB_LOST'; // Redis no longer knows a job (restarted without persistence): submit it again
 
 export class VggError extends Error {
   readonly code: VggErrorCode;

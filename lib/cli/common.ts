@@ -8,11 +8,12 @@ import type { LoadOptions } from '../engine';
 
 /**
  * Prints the one line a failed command leaves on stderr, `vgg: E_CODE: message`, and sets exit
- * status 1. Scripts match on the code, so anything that is not a VggError is E_INTERNAL, and
+ * status 1 (3 for E_JOB_LOST). Scripts match on the code, so anything that is not a VggError is E_INTERNAL, and
  * stack traces only appear with VGG_DEBUG=1.
  */
 export function reportError(e: unknown): void {
-  process.exitCode = 1;
+  // 3: a job Redis lost, which waiting will not bring back (vgg job wait, status).
+  process.exitCode = e instanceof VggError && e.code === 'E_JOB_LOST' ? 3 : 1;
   let code: string;
   let message: string;
   if (e instanceof VggError) {

@@ -1,6 +1,7 @@
 import { Command, Option } from 'commander';
 import { jobStatus, mergeJob, runWorker, submitJob, type JobStatus } from '../jobs';
 import type { Preset } from '../images/preprocess';
+import { VggError } from '../errors';
 import { type EngineFlags, commaList, engineOptions, engineSettings, positiveInt, preprocessOptions, reportError } from './common';
 import { finish, Progress, progressOptions, type ProgressFlags } from './progress';
 
@@ -95,7 +96,8 @@ export function registerJob(program: Command): void {
       try {
         s = await jobStatus(id, { redis: f.redis });
       } catch (e) {
-        // Redis restarting: keep waiting (the workers reconnect too); a missing job still fails at the first call.
+        // Redis restarting: keep waiting (the workers reconnect too); a job it lost will not come back.
+        if (e instanceof VggError && e.code === 'E_JOB_LOST') throw e;
         if (!f.quiet) process.stderr.write(`vgg job: ${(e as Error).message}; retrying\n`);
       }
       progress.set(s.imagesDone, s.failed);

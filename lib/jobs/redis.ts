@@ -53,6 +53,12 @@ export async function withQueue<T>(redis: string | undefined, use: (queue: Queue
 /** A job's spec as Redis holds it. */
 export async function getSpec(queue: Queue, id: string): Promise<JobSpec> {
   const text = await (await queue.client).get(SPEC_KEY(id));
-  if (!text) throw new VggError('E_ARG', `no job ${id} in Redis`);
+  if (!text) throw jobLost(id, 'no such job');
   return JSON.parse(text) as JobSpec;
+}
+
+/** A job Redis has forgotten: a typo, or a Redis that restarted without persistence. */
+export function jobLost(id: string, what: string): VggError {
+  return new VggError('E_JOB_LOST', `Redis knows ${what} of job ${id}: it was never submitted to this Redis, or Redis lost it (a restart without persistence). `
+    + 'Submit it again with the same vgg job submit command (shards already written to its folder are not redone), and run Redis with append-only persistence (appendonly yes)');
 }

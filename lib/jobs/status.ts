@@ -1,5 +1,5 @@
 import * as path from 'node:path';
-import { getSpec, STARTED_KEY, withQueue } from './redis';
+import { getSpec, jobLost, STARTED_KEY, withQueue } from './redis';
 import { manifestIfFolder, shardJobId } from './spec';
 
 export interface JobStatus {
@@ -41,6 +41,9 @@ export function jobStatus(id: string, options: { redis?: string } = {}): Promise
           status.failures.push({ index, attempts: job?.attemptsMade ?? 0, error: job?.failedReason ?? 'unknown' });
         } else if (state === 'active') {
           status.running++;
+        } else if (state === 'unknown') {
+          // Shards are never removed (removeOnComplete: false): one that is gone was lost with Redis's data.
+          throw jobLost(id, `nothing of shard ${index}`);
         } else {
           status.waiting++;
         }
