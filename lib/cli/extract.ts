@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Command } from 'commander';
+import { Command, Option } from 'commander';
 import { defaultWeights } from '../weights/default-weights';
 import { IMAGE_EXTENSIONS, imageList } from '../images/sources';
 import { VggError } from '../errors';
@@ -16,6 +16,7 @@ interface ExtractFlags extends EngineFlags, ProgressFlags {
   out: string;
   batch: number;
   resume?: true;
+  batchDelayMs?: number;
   preset?: Preset;
   size: number;
   crop: number | false;
@@ -48,6 +49,8 @@ export function registerExtract(program: Command): void {
     .requiredOption('--out <file>', 'features file: .safetensors, .npy or .jsonl')
     .option('--batch <n>', 'images per run of the network', positiveInt, 32)
     .option('--resume', 'continue an interrupted run of the same command')
+    // For tests: a run slow enough to interrupt (a FIFO among the images no longer stalls one).
+    .addOption(new Option('--batch-delay-ms <n>').argParser(positiveInt).hideHelp())
     .addHelpText('after', HELP);
   progressOptions(engineOptions(preprocessOptions(command))).action(extractImages);
 }
@@ -123,6 +126,7 @@ async function extractInto(journal: Journal, model: Model, images: AsyncIterable
     const records = model.extract(images, { outputs: flags.outputs, batchSize: flags.batch, preprocess });
     return await journalRecords(records, journal, {
       batchSize: flags.batch, commitMs: COMMIT_MS, onRecord: (record) => progress.tick(record.error !== undefined),
+      ...(flags.batchDelayMs ? { afterBatch: () => new Promise<void>((r) => setTimeout(r, flags.batchDelayMs)) } : {}),
     });
   } finally {
     stopListening();
