@@ -51,8 +51,26 @@ const NORMALIZATION: Record<Preset, Normalization> = (() => {
  * Resize(size) + CenterCrop(crop) arithmetic exactly, so that the result matches its pipeline.
  */
 export async function preprocess(image: string | Buffer, options?: PreprocessOptions): Promise<Tensor> {
-  const { preset, size, crop, maxPixels } = checkPreprocessOptions(options);
-  const decoded = await decode(image, maxPixels);
+  const settings = checkPreprocessOptions(options);
+  return rescale(image, await decode(image, settings.maxPixels), settings);
+}
+
+/**
+ * preprocess() at several sizes from one decode, in the order given: the multi-scale
+ * evaluation's inputs (`size` is each of `sizes`; the other options apply to all).
+ */
+export async function preprocessSizes(image: string | Buffer, sizes: number[], options?: Omit<PreprocessOptions, 'size'>): Promise<Tensor[]> {
+  if (!Array.isArray(sizes) || sizes.length === 0) throw argError('sizes', 'a non-empty array of sizes', sizes);
+  const opts = checkOptions(options, 'options', ['preset', 'crop', 'maxPixels']);
+  const settings = sizes.map((size) => checkPreprocessOptions({ ...opts, size }));
+  const decoded = await decode(image, settings[0].maxPixels);
+  return Promise.all(settings.map((s) => rescale(image, decoded, s)));
+}
+
+type Decoded = Awaited<ReturnType<typeof decode>>;
+
+/** A decoded image resized, cropped and normalized as `settings` say. */
+async function rescale(image: string | Buffer, decoded: Decoded, { preset, size, crop, maxPixels }: Required<PreprocessOptions>): Promise<Tensor> {
   const { width, height } = decoded.info;
 
   // torchvision Resize(size): the shorter side becomes `size`, the longer one is truncated, not rounded.
@@ -64,13 +82,34 @@ export async function preprocess(image: string | Buffer, options?: PreprocessOpt
   const left = roundHalfEven((w - cw) / 2);
   const top = roundHalfEven((h - ch) / 2);
 
-  // The 'linear' kernel is the one that matches PIL's antialiased bilinear when shrinking (measured).
-  const pixels = await sharp(decoded.data, { raw: { width, height, channels: 3 }, limitInputPixels: false })
-    .resize(w, h, { kernel: 'linear', fit: 'fill' })
-    .extract({ left, top, width: cw, height: ch })
+  const raw = (data: Buffer, rawWidth: number, rawHeight: number) => sharp(data, { raw: { width: rawWidth, height: rawHeight, channels: 3 }, limitInputPixels: false });
+  const resized = w > width || h > height
+    ? raw(...await enlarge(decoded, w, h))
+    // The 'linear' kernel is the one that matches PIL's antialiased bilinear when shrinking (measured).
+    : raw(decoded.data, width, height).resize(w, h, { kernel: 'linear', fit: 'fill' });
+  const pixels = await resized.extract({ left, top, width: cw, height: ch }).raw().toBuffer();
+  return { data: normalize(pixels, NORMALIZATION[preset]), shape: [1, 3, ch, cw] };
+}
+
+/**
+ * PIL's bilinear enlargement, which samples the source at (x + 0.5) / scale - 0.5 and repeats
+ * the edge pixels beyond it: an affine map with those offsets over the image padded by one
+ * copied pixel. sharp's own upscaling samples elsewhere (up to 100 levels apart from PIL at the
+ * edges of a photo); this is within 1 level everywhere (rounding). The result is a little
+ * larger than w x h: its top-left w x h pixels are the enlarged image.
+ */
+async function enlarge(decoded: Decoded, w: number, h: number): Promise<[Buffer, number, number]> {
+  const { width, height } = decoded.info;
+  const padded = await sharp(decoded.data, { raw: { width, height, channels: 3 }, limitInputPixels: false })
+    .extend({ top: 1, bottom: 1, left: 1, right: 1, extendWith: 'copy' })
     .raw()
     .toBuffer();
-  return { data: normalize(pixels, NORMALIZATION[preset]), shape: [1, 3, ch, cw] };
+  // Output x = scale * (padded x + idx) + odx = scale * (x + 0.5) - 0.5, as PIL.
+  const { data, info } = await sharp(padded, { raw: { width: width + 2, height: height + 2, channels: 3 }, limitInputPixels: false })
+    .affine([[w / width, 0], [0, h / height]], { idx: -0.5, idy: -0.5, odx: -0.5, ody: -0.5, interpolator: 'bilinear' })
+    .raw()
+    .toBuffer({ resolveWithObject: true });
+  return [data, info.width, info.height];
 }
 
 /** Options with defaults filled in; every value checked, unknown keys refused. */
@@ -136,7 +175,7 @@ function normalize(pixels: Buffer, { source, scale, offset }: Normalization): Fl
 }
 
 /** Python's round(): halves go to the even neighbour. */
-function roundHalfEven(x: number): number {
+export function roundHalfEven(x: number): number {
   const r = Math.round(x);
   return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
 }
