@@ -2,8 +2,11 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 
 // data/ sits two levels above this file once compiled to dist/lib/.
-const IMAGENET_FILE = path.resolve(__dirname, '../../../data/imagenet-classes.txt');
+const DATA = path.resolve(__dirname, '../../../data');
 let imagenet: string[] | undefined;
+let synsets: string[] | undefined;
+
+const readLines = (file: string) => fs.readFileSync(path.join(DATA, file), 'utf8').trimEnd().split('\n');
 
 /**
  * Names of a model's classes: the 1000 ImageNet classes (read on first use) for a 1000-way
@@ -11,6 +14,17 @@ let imagenet: string[] | undefined;
  */
 export function classNames(count: number): string[] {
   if (count !== 1000) return Array.from({ length: count }, (_, i) => `class_${i}`);
-  imagenet ??= fs.readFileSync(IMAGENET_FILE, 'utf8').trimEnd().split('\n');
+  imagenet ??= readLines('imagenet-classes.txt');
   return imagenet;
+}
+
+/**
+ * The WordNet ids of the ILSVRC-2012 classes (`n01440764` is class 0, tench) in the order of
+ * classNames(1000), which is their sorted order, as torchvision and Caffe number them; none
+ * for a model of any other class count.
+ */
+export function synsetIds(count: number): string[] | undefined {
+  if (count !== 1000) return undefined;
+  synsets ??= readLines('imagenet-synsets.txt');
+  return synsets;
 }
