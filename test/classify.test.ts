@@ -78,9 +78,13 @@ describe('classify', () => {
   const bad: [unknown, RegExp][] = [
     [{ top: 0 }, /positive integer for options.top but received 0/],
     [{ dense: 'yes' }, /a boolean for options.dense/],
-    [{ scales: [256] }, /options.scales applies only with options.dense/],
-    [{ dense: true, scales: [] }, /non-empty array of positive integers for options.scales/],
-    [{ dense: true, scales: [256, 1.5] }, /non-empty array of positive integers for options.scales/],
+    [{ scales: [256, 384] }, /the center protocol takes one scale, not 2 \(options.scales\)/],
+    [{ dense: true, scales: [] }, /non-empty array of shorter sides from 224 to 1024 pixels .* for options.scales/],
+    [{ dense: true, scales: [256, 1.5] }, /non-empty array of shorter sides from 224 to 1024 pixels .* for options.scales/],
+    [{ protocol: 'multicrop', scales: [200] }, /shorter sides from 224 to 1024 pixels \(no 224x224 crop fits a smaller image.* but received an array of length 1/],
+    [{ protocol: 'dense', scales: [256, 256] }, /scales without repeats for options.scales/],
+    [{ protocol: 'tencrop' }, /one of center, dense, multicrop, dense\+multicrop for options.protocol/],
+    [{ dense: true, protocol: 'multicrop' }, /options.dense is protocol 'dense'; it contradicts options.protocol "multicrop"/],
     [{ flip: 1 }, /a boolean for options.flip/],
     [{ preset: 'keras' }, /options.preset/],
     [{ topk: 5 }, /Unknown option options.topk/],
@@ -127,10 +131,10 @@ describe('classify', () => {
       assert.equal(r.stderr.split('\n').filter((l) => l !== '').length, 1, r.stderr); // the failed image's line only
     });
 
-    it('E_ARG for --scales without --dense', () => {
-      const r = vgg(COFFEE, '--weights', WEIGHTS, '--scales', '256');
+    it('E_ARG, naming the flag, for two --scales with the center protocol, before loading the weights', () => {
+      const r = vgg(COFFEE, '--weights', 'no-such.safetensors', '--scales', '256,384');
       assert.equal(r.status, 1);
-      assert.equal(r.stderr, 'vgg: E_ARG: --scales applies only with --dense\n');
+      assert.equal(r.stderr, 'vgg: E_ARG: the center protocol takes one scale, not 2 (--scales); multi-scale evaluation is dense or multicrop\n');
     });
   });
 });

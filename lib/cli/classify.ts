@@ -1,15 +1,17 @@
 import { Command, Option } from 'commander';
-import { DENSE_SCALES, type Prediction } from '../tasks/classify';
+import type { Prediction } from '../tasks/classify';
+import { checkProtocolOptions, PAPER_SCALES, PROTOCOLS, type Protocol } from '../tasks/protocols';
 import { defaultWeights } from '../weights/default-weights';
 import { VggError } from '../errors';
 import { loadModel } from '../model';
 import { PRESETS, type Preset } from '../images/preprocess';
-import { type EngineFlags, engineOptions, engineSettings, positiveInt, positiveIntList } from './common';
+import { type EngineFlags, engineOptions, engineSettings, positiveInt, positiveIntList, protocolFlag } from './common';
 import { Progress, progressOptions, type ProgressFlags } from './progress';
 
 interface ClassifyFlags extends EngineFlags, ProgressFlags {
   weights?: string;
   top: number;
+  protocol?: Protocol;
   dense?: true;
   scales?: number[];
   flip?: true;
@@ -22,9 +24,10 @@ export function registerClassify(program: Command): void {
     .argument('<images...>', 'image files (JPEG, PNG, WebP, TIFF, GIF, AVIF, ...)')
     .option('--weights <file>', 'weights (.safetensors); default: VGG16 with seeded random weights')
     .option('--top <k>', 'classes to print per image', positiveInt, 5)
-    .option('--dense', "the paper's dense evaluation over several scales instead of one 224x224 center crop")
-    .option('--scales <Q,...>', `shorter sides for --dense (default: ${DENSE_SCALES.join(',')})`, positiveIntList)
-    .option('--flip', 'also average the posteriors of the mirrored image')
+    .addOption(new Option('--protocol <name>', 'test protocol, as vgg eval\'s (default: center)').choices(PROTOCOLS))
+    .option('--dense', 'the same as --protocol dense')
+    .option('--scales <Q,...>', `shorter sides Q (default: 256 for center, ${PAPER_SCALES.join(',')} otherwise)`, positiveIntList)
+    .option('--flip', 'center and dense: also average the posteriors of the mirrored image')
     .addOption(new Option('--preset <name>', "the preprocessing the weights were trained with (default: the weights' own, torchvision for most)").choices(PRESETS))
     .option('--json', 'print one JSON line per image: {"image", "classes": [{"label", "index", "prob"}]} or {"image", "error": {"code", "message"}}')
     .addHelpText('after', `
@@ -37,13 +40,14 @@ progress is shown on stderr.`);
 type Outcome = { image: string; classes?: Prediction[]; error?: unknown };
 
 async function classifyImages(images: string[], flags: ClassifyFlags): Promise<void> {
-  if (flags.scales && !flags.dense) throw new VggError('E_ARG', '--scales applies only with --dense');
+  if (flags.dense && flags.protocol !== undefined && flags.protocol !== 'dense') throw new VggError('E_ARG', `--dense is --protocol dense; it contradicts --protocol ${flags.protocol}`);
+  checkProtocolOptions({ protocol: flags.dense ? 'dense' : flags.protocol, scales: flags.scales, flip: flags.flip ?? false }, protocolFlag);
   const model = await loadModel(flags.weights ?? await defaultWeights(), engineSettings(flags));
-  const { top, dense, scales, flip, preset } = flags;
+  const { top, protocol, dense, scales, flip, preset } = flags;
   // The results are the progress when they go to the terminal.
   const progress = new Progress('vgg classify', { total: images.length, quiet: flags.quiet || images.length < 2 || process.stdout.isTTY });
   // Settled rather than rejected: an outcome may wait while the image before it runs.
-  const start = (image: string): Promise<Outcome> => model.classify(image, { top, dense, scales, flip, preset })
+  const start = (image: string): Promise<Outcome> => model.classify(image, { top, protocol, dense, scales, flip, preset })
     .then((classes) => ({ image, classes }), (error: unknown) => ({ image, error }));
   try {
     // One image ahead: decoding the next overlaps the inference of this one.

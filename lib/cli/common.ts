@@ -5,6 +5,7 @@ import { VggError } from '../errors';
 import { readF32, readSafetensorsFile } from '../weights/safetensors';
 import type { Tensor } from '../tensor';
 import type { LoadOptions } from '../engine';
+import type { ProtocolOptions } from '../tasks/protocols';
 
 /**
  * Prints the one line a failed command leaves on stderr, `vgg: E_CODE: message`, and sets exit
@@ -51,6 +52,10 @@ export function commaList(value: string): string[] {
 export function positiveIntList(value: string): number[] {
   return value.split(',').map((s) => positiveInt(s.trim()));
 }
+
+/** The flag of each protocol option (classify and eval), for messages. */
+export const protocolFlag = (key: keyof ProtocolOptions): string =>
+  ({ protocol: '--protocol', scales: '--scales', flip: '--flip', batchSize: '--batch' })[key];
 
 /** `HxW` in pixels, as [h, w]. */
 export function imageSize(value: string): [number, number] {

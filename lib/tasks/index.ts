@@ -1,4 +1,5 @@
-export { classify, DENSE_SCALES, type ClassifyOptions, type Prediction } from './classify';
+export { classify, type ClassifyOptions, type Prediction } from './classify';
+export { PAPER_SCALES, PROTOCOLS, type Protocol, type ProtocolOptions } from './protocols';
 export { extract, type ExtractOptions, type ExtractRecord, type ExtractSource, type ImageInput } from './extract';
 export { calibrate, type CalibrateOptions } from './calibrate';
 export { packWeights, type PackOptions, type PackResult } from './pack';
