@@ -88,6 +88,58 @@ export function writeAtomic(file: string, write: (out: Sink) => void): void {
   }
 }
 
+/**
+ * A file written piece by piece over a long run, atomically as writeAtomic's: pieces go to a
+ * temporary file in the same folder; commit() flushes it to the disk and renames it over the
+ * file, abort() deletes it. Opening fails at once (E_IO) where the folder is not writable.
+ */
+export class AtomicWriter {
+  readonly file: string;
+  #tmp: string;
+  #fd: number | undefined;
+  #out: Sink;
+
+  constructor(file: string) {
+    this.file = file;
+    this.#tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
+    try {
+      this.#fd = fs.openSync(this.#tmp, 'w');
+    } catch (e) {
+      throw ioError(e, `cannot write ${file}`);
+    }
+    this.#out = new Sink(this.#fd);
+  }
+
+  write(piece: string): void {
+    try {
+      this.#out.write(piece);
+    } catch (e) {
+      this.abort();
+      throw ioError(e, `cannot write ${this.file}`);
+    }
+  }
+
+  commit(): void {
+    try {
+      this.#out.flush();
+      fs.fsyncSync(this.#fd!);
+      fs.closeSync(this.#fd!);
+      this.#fd = undefined;
+      fs.renameSync(this.#tmp, this.file);
+    } catch (e) {
+      this.abort();
+      throw ioError(e, `cannot write ${this.file}`);
+    }
+  }
+
+  /** Deletes the temporary file; the file itself is left as it was. */
+  abort(): void {
+    if (this.#fd !== undefined) fs.closeSync(this.#fd);
+    this.#fd = undefined;
+    fs.rmSync(this.#tmp, { force: true });
+  }
+}
+
 /** A file-system failure as E_IO; a VggError (a bad row found while writing) passes through. */
 export function ioError(e: unknown, what: string): VggError {
   if (e instanceof VggError) return e;

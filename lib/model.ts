@@ -1,5 +1,5 @@
 import { Engine, loadEngine, type LoadOptions } from './engine';
-import { classify, extract, type ClassifyOptions, type ExtractOptions, type ExtractRecord, type ExtractSource, type Prediction } from './tasks';
+import { classify, evaluate, extract, type ClassifyOptions, type EvalOptions, type EvalSummary, type ExtractOptions, type ExtractRecord, type ExtractSource, type LabeledSource, type Prediction } from './tasks';
 
 /**
  * The public model: the engine (run, blobNames, pack, dispose) with the applications a user
@@ -14,6 +14,11 @@ export class Model extends Engine {
   /** Features of a stream of images, in input order, with decoding overlapping inference: see extract(). */
   extract(source: ExtractSource, options?: ExtractOptions): AsyncGenerator<ExtractRecord, void, undefined> {
     return extract(this, source, options);
+  }
+
+  /** Top-1 and top-5 error on labeled images under a test protocol: see evaluate(). */
+  evaluate(source: LabeledSource, options?: EvalOptions): Promise<EvalSummary> {
+    return evaluate(this, source, options);
   }
 }
 

@@ -5,6 +5,7 @@ import { applyHelpConventions } from './help';
 import { registerCalibrate } from './calibrate';
 import { registerClassify } from './classify';
 import { registerConvert } from './convert';
+import { registerEval } from './eval';
 import { registerExtract } from './extract';
 import { registerFetch } from './fetch';
 import { registerInfo } from './info';
@@ -34,6 +35,7 @@ export function buildProgram(): Command {
   registerFetch(program);
   registerClassify(program);
   registerExtract(program);
+  registerEval(program);
   registerServe(program);
   registerJob(program);
   applyHelpConventions(program);

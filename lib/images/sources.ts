@@ -45,7 +45,7 @@ async function* walk(dir: string, depth: number, keep: (file: string) => boolean
 }
 
 /** The non-empty lines of a list file, read a piece at a time. Paths are taken as written (relative ones from the current folder). */
-async function* lines(file: string): AsyncGenerator<string> {
+export async function* lines(file: string): AsyncGenerator<string> {
   const pathOf = (line: string) => line.replace(/\r$/, ''); // lists written on Windows end lines with \r\n
   let rest = '';
   for await (const piece of fs.createReadStream(file, { encoding: 'utf8' })) {
