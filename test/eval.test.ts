@@ -2,7 +2,7 @@ import { strict as assert } from 'node:assert';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { loadModel, type Model } from '../lib/engine/model';
+import { loadModel, type Model } from '../lib/model';
 import { classify } from '../lib/tasks/classify';
 import { evaluate, type EvalOptions, type EvalRecord } from '../lib/tasks/eval';
 import { gridOffsets, posterior, type Protocol } from '../lib/tasks/protocols';
