@@ -6,17 +6,16 @@ import { openLabeled } from '../images/labeled';
 import { AtomicWriter } from '../files';
 import { evaluate, type EvalRecord, type EvalSummary } from '../tasks/eval';
 import { checkProtocolOptions, DEFAULT_BATCH, PAPER_SCALES, PROTOCOLS, type Protocol, type ProtocolOptions } from '../tasks/protocols';
-import { Progress } from './progress';
+import { Progress, progressOptions, type ProgressFlags } from './progress';
 import { type EngineFlags, engineOptions, engineSettings, positiveInt, positiveIntList, protocolFlag } from './common';
 
-interface EvalFlags extends EngineFlags {
+interface EvalFlags extends EngineFlags, ProgressFlags {
   weights?: string;
   protocol: Protocol;
   scales?: number[];
   flip?: true;
   batch?: number;
-  preset: Preset;
-  json?: true;
+  preset?: Preset;
   out?: string;
 }
 
@@ -38,9 +37,6 @@ Posteriors are averaged over crops, --flip mirrors and scales (default ${PAPER_S
 --out FILE.jsonl: one line per image, {"path", "label": index, "top5": [...], "probs": [...]},
 and one per skipped entry, {"path", "label": as written, "skipped": "unknown label" |
 "empty class" | "unreadable", "error"}.
-
-Exit status: 0 every image scored; 1 an error stopped the run; 2 done, but some entries were
-skipped (unknown labels, empty classes, unreadable images).
 `;
 
 export function registerEval(program: Command): void {
@@ -52,11 +48,11 @@ export function registerEval(program: Command): void {
     .option('--scales <Q,...>', `shorter sides Q (default: 256 for center, ${PAPER_SCALES.join(',')} otherwise)`, positiveIntList)
     .option('--flip', 'center and dense: also average the posteriors of the mirrored image')
     .option('--batch <n>', `224x224 inputs per run: center crops of n images, or multicrop crops (default ${DEFAULT_BATCH})`, positiveInt)
-    .addOption(new Option('--preset <name>', 'the preprocessing the weights were trained with').choices(PRESETS).default('torchvision'))
-    .option('--json', 'print the summary as one JSON object')
+    .addOption(new Option('--preset <name>', "the preprocessing the weights were trained with (default: the weights' own, torchvision for most)").choices(PRESETS))
+    .option('--json', 'print the summary as one JSON object (model.evaluate\'s) instead of the table')
     .option('--out <file.jsonl>', 'write each image\'s top-5 classes and probabilities')
     .addHelpText('after', HELP);
-  engineOptions(command).action(evalImages);
+  progressOptions(engineOptions(command), { json: false }).action(evalImages);
 }
 
 async function evalImages(input: string, flags: EvalFlags): Promise<void> {
@@ -79,7 +75,7 @@ async function evalImages(input: string, flags: EvalFlags): Promise<void> {
     let total = 0;
     for await (const _ of set.items()) total++;
     if (set.note) process.stderr.write(`vgg eval: ${set.note}\n`);
-    progress = new Progress('vgg eval', total, 0, 0, 'skipped');
+    progress = new Progress('vgg eval', { total, quiet: flags.quiet });
     const summary = await evaluate(model, input, {
       ...options,
       preset: flags.preset,

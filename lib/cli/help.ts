@@ -31,6 +31,10 @@ const EXTRAS: Record<string, { example: string; exit: string }> = {
     exit: `0 every image done; ${FAILED}; 2 FILE was written but some images failed; `
       + '130 interrupted (143 on SIGTERM): continue with --resume',
   },
+  eval: {
+    example: 'vgg eval val.csv --weights VGG_ILSVRC_16_layers.caffemodel --protocol dense+multicrop --flip',
+    exit: `0 every image scored; ${FAILED}; 2 done, but some entries were skipped (unknown labels, empty classes, unreadable images)`,
+  },
   serve: { example: 'vgg serve --weights vgg16.safetensors --port 8080', exit: `0 stopped by SIGTERM or SIGINT; ${FAILED}` },
   job: { example: 'vgg job submit photos/ --weights /shared/vgg16.safetensors --out /shared/job', exit: "the subcommand's (vgg job <command> --help)" },
   'job submit': {

@@ -62,7 +62,7 @@ export interface EvalSummary {
 export async function evaluate(model: Runner, source: LabeledSource, options?: EvalOptions): Promise<EvalSummary> {
   const opts = checkOptions(options, 'options', ['protocol', 'scales', 'flip', 'batchSize', 'preset', 'concurrency', 'onRecord']);
   const settings = checkProtocolOptions(opts);
-  const preset = checkOneOf(opts.preset ?? 'torchvision', 'options.preset', PRESETS);
+  const preset = checkOneOf(opts.preset ?? model.info.preset ?? 'torchvision', 'options.preset', PRESETS);
   const concurrency = checkInt(opts.concurrency ?? os.availableParallelism(), 'options.concurrency');
   if (opts.onRecord !== undefined && typeof opts.onRecord !== 'function') throw argError('options.onRecord', 'a function', opts.onRecord);
   const set = await openLabeled(source, model.info.classes);

@@ -131,7 +131,7 @@ function sizeGroups(batch: Decoded[]): Map<string, number[]> {
 }
 
 /** [1, 3, h, w] tensors of one size as a batch [n, 3, h, w]. */
-function stack(tensors: Tensor[]): Tensor {
+export function stack(tensors: Tensor[]): Tensor {
   const [, c, h, w] = tensors[0].shape;
   const data = new Float32Array(tensors.length * c * h * w);
   tensors.forEach((t, i) => data.set(t.data, i * t.data.length));
