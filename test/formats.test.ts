@@ -2,7 +2,7 @@ import { strict as assert } from 'node:assert';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { loadModel } from '../lib';
+import { loadModel, packWeights } from '../lib';
 import { openWeights } from '../lib/weights/open';
 import { VggError } from '../lib/errors';
 import { readContainer } from '../lib/weights/containers';
@@ -150,6 +150,18 @@ describe('the weights say their preprocessing', () => {
       assert.deepEqual(own, caffe);
       assert.ok(relError(torchvision, caffe) > 1e-3, 'the presets give different inputs');
       assert.deepEqual(await model.classify(image), await model.classify(image, { preset: 'caffe' }));
+    } finally {
+      await model.dispose();
+    }
+  });
+
+  it('a packed file keeps the preset of the weights it was packed from', async () => {
+    const out = path.join(tmpDir(), 'tiny.packed');
+    await packWeights(format('tiny.v1.caffemodel'), out, { shapes: [[1, 32, 32, 'fixed']], threads: 1 });
+    const model = await loadModel(out, { threads: 1 });
+    try {
+      assert.equal(model.info.preset, 'caffe');
+      assert.equal(model.info.container, 'packed');
     } finally {
       await model.dispose();
     }

@@ -55,7 +55,7 @@ export async function openWeights(file: string, options: { verify?: boolean } = 
     const layer = (i: number) => ({ weight: null, bias: packed.biases[i] });
     const convs = featureLayers(arch).filter((l) => l.kind === 'conv').map((_, i) => layer(i));
     const fc: ModelWeights['fc'] = hasClassifier(arch) ? [layer(convs.length), layer(convs.length + 1), layer(convs.length + 2)] : [];
-    return { arch, naming, convs, fc, packed, preset: 'torchvision', container: 'packed' };
+    return { arch, naming, convs, fc, packed, preset: packed.header.preset ?? 'torchvision', container: 'packed' };
   }
   const converted = await readContainer(file, bytes);
   if (converted) return { ...bindWeights({ source: file, ...converted }), container: converted.container };

@@ -7,6 +7,7 @@ import { ioError, writeAllAsync } from '../files';
 import { native, type NativePackedWeight, type Precision } from '../native';
 import { featureLayers, validateArch, type Arch, type ConvLayer } from '../arch/topology';
 import type { Naming } from './binding';
+import { PRESETS, type Preset } from './layers';
 
 /**
  * A packed weights file (`vgg pack`): every layer's weights already in the layout this
@@ -46,6 +47,8 @@ export interface PackedHeader {
   winograd: boolean;
   arch: Arch;
   naming: Naming;
+  /** The preprocessing the weights expect (absent in files packed before it was recorded: torchvision). */
+  preset?: Preset;
   /** The [n, h, w, head] the layouts were chosen for. */
   shapes: [number, number, number, 'fixed' | 'dense'][];
   calibration?: Calibration;
@@ -80,6 +83,7 @@ const sameDims = (a: number[], b: number[]) => a.length === b.length && a.every(
 /** The header fields loadModel and vgg info read besides the tensors. */
 function checkHeaderFields(h: PackedHeader): string | undefined {
   if (h.naming !== 'torchvision' && h.naming !== 'timm') return `naming ${JSON.stringify(h.naming)}`;
+  if (h.preset !== undefined && !PRESETS.includes(h.preset)) return `preset ${JSON.stringify(h.preset)}`;
   const shapeOk = (s: unknown) => Array.isArray(s) && s.length === 4 && s.slice(0, 3).every((v) => Number.isSafeInteger(v) && v > 0) && (s[3] === 'fixed' || s[3] === 'dense');
   if (!Array.isArray(h.shapes) || !h.shapes.every(shapeOk)) return 'shapes';
   return undefined;
