@@ -30,9 +30,10 @@ if [ "$mode" = --from-source ]; then
   exit 0
 fi
 
-# vgg serve needs fastify and @fastify/multipart from the app, at the ranges vggnet names.
+# vgg serve needs its optional peers from the app (fastify, @fastify/multipart, prom-client), at
+# the versions this repository tests with.
 serve_deps=$(node -p "const p = require('$repo/package.json');
-  ['fastify', '@fastify/multipart'].map((n) => n + '@' + ({ ...p.dependencies, ...p.peerDependencies })[n]).join(' ')")
+  ['fastify', '@fastify/multipart', 'prom-client'].map((n) => n + '@' + p.devDependencies[n]).join(' ')")
 mkdir no-compilers
 for c in cc gcc g++ c++ cmake make nvcc; do
   printf '#!/bin/sh\necho "%s: compilers are disabled in this test" >&2\nexit 1\n' "$c" > "no-compilers/$c"
