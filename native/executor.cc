@@ -2,11 +2,48 @@
 
 #include <algorithm>
 #include <stdexcept>
-#include "backend.h"
 #include "js_plan.h"
 #include "mapped_file.h"
 
 namespace vgg {
+
+// The first job is always the one `ready` settles: the backend is created on the thread, off
+// the JS thread, because a GPU backend creates a context and uploads the weights.
+struct Executor::InitJob : JobThread::Job {
+  Executor* self;
+  explicit InitJob(Executor* s) : self(s) {}
+  void run(Job*) override { self->backend_ = makeBackend(self->plan_); }
+};
+
+struct Executor::RunJob : JobThread::Job {
+  Executor* self;
+  RunRequest request;
+  explicit RunJob(Executor* s) : self(s) {}
+  void run(Job* next) override {
+    auto* queued = dynamic_cast<RunJob*>(next);
+    self->backend().run(request, queued ? &queued->request : nullptr);
+  }
+};
+
+struct Executor::PackJob : JobThread::Job {
+  Executor* self;
+  std::vector<RunRequest> shapes;  // the networks to compile
+  std::vector<PackedOut> packed;   // the result
+  explicit PackJob(Executor* s) : self(s) {}
+  void run(Job*) override { packed = self->backend().pack(shapes); }
+  Napi::Value result(Napi::Env env) override { return packedToJs(env, packed); }
+};
+
+// Frees the backend on its thread, then (on the JS thread) the pinned weights.
+struct Executor::StopJob : JobThread::Job {
+  Executor* self;
+  explicit StopJob(Executor* s) : self(s) {}
+  void run(Job*) override { self->backend_.reset(); }
+  Napi::Value result(Napi::Env env) override {
+    self->plan_ref_.Reset();
+    return env.Undefined();
+  }
+};
 
 Napi::Function Executor::Define(Napi::Env env) {
   return DefineClass(env, "Executor",
@@ -15,15 +52,13 @@ Napi::Function Executor::Define(Napi::Env env) {
                       InstanceAccessor<&Executor::Pending>("pending"), InstanceAccessor<&Executor::Ready>("ready")});
 }
 
-Executor::Executor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Executor>(info) {
-  Napi::Env env = info.Env();
+Executor::Executor(const Napi::CallbackInfo& info)
+    : Napi::ObjectWrap<Executor>(info), jobs_(info.Env(), "executor", *this) {
   Napi::Object js = info[0].As<Napi::Object>();
   plan_ = readPlan(js);
   plan_ref_ = Napi::Persistent(js);
-  completion_ = Completion::New(env, "vggnet.executor", 0, 1, this);
-  completion_.Unref(env);  // an idle model must not keep the process alive
   // The thread keeps the weights' memory alive itself: at environment teardown Node may free
-  // the mapped ArrayBuffer before this executor's cleanup hook stops the thread.
+  // the mapped ArrayBuffer before the thread's cleanup hook stops it.
   std::vector<std::shared_ptr<Mapping>> keep;
   auto hold = [&keep](const float* p) {
     if (auto m = findMapping(p); m && std::find(keep.begin(), keep.end(), m) == keep.end()) keep.push_back(m);
@@ -31,146 +66,34 @@ Executor::Executor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Executor>(
   for (const FeatureOp& op : plan_.features) if (op.kind == OpKind::Conv) { hold(op.weight); hold(op.bias); }
   for (const FcOp& fc : plan_.fc) { hold(fc.weight); hold(fc.bias); }
   for (const PackedWeight& p : plan_.packed) { hold(static_cast<const float*>(p.data)); hold(p.scales); }
-  auto* init = new Job{JobKind::Init, {}, {}, Napi::Promise::Deferred::New(env), {}};
-  ready_ = Napi::Persistent(init->deferred.Promise());
-  enqueue(init);
-  thread_ = std::thread([this, keep = std::move(keep)] { loop(); });
-  napi_add_env_cleanup_hook(env, onEnvCleanup, this);
+  ready_ = Napi::Persistent(jobs_.enqueue(std::make_unique<InitJob>(this)));
+  jobs_.start([this, keep = std::move(keep)] { backend_.reset(); });
 }
 
-Executor::~Executor() {
-  napi_remove_env_cleanup_hook(Env(), onEnvCleanup, this);
-  stopAndJoin();
+Backend& Executor::backend() {
+  if (!backend_) throw std::runtime_error("the backend failed to start");
+  return *backend_;
 }
-
-void Executor::onEnvCleanup(void* self) { static_cast<Executor*>(self)->stopAndJoin(); }
 
 // run(input, n, h, w, dense, captures: [blobIndex, Float32Array][]) -> Promise<void>
 Napi::Value Executor::Run(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (disposing_) throw Napi::Error::New(env, "executor is disposed");
-  auto* job = new Job{JobKind::Run, {}, {}, Napi::Promise::Deferred::New(env), {}};
+  auto job = std::make_unique<RunJob>(this);
   job->request = readRunRequest(info, job->pins);
-  Napi::Promise promise = job->deferred.Promise();
-  enqueue(job);
-  return promise;
+  return jobs_.enqueue(std::move(job));
 }
 
 // pack(shapes: [n, h, w, dense][]) -> Promise<{ layer, layout, data, scales? }[]>
 Napi::Value Executor::Pack(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (disposing_) throw Napi::Error::New(env, "executor is disposed");
-  auto* job = new Job{JobKind::Pack, {}, {}, Napi::Promise::Deferred::New(env), {}};
+  auto job = std::make_unique<PackJob>(this);
   job->shapes = readPackShapes(info[0]);
-  Napi::Promise promise = job->deferred.Promise();
-  enqueue(job);
-  return promise;
+  return jobs_.enqueue(std::move(job));
 }
 
 // Finishes the queued jobs, then frees the backend and the pinned weights.
-Napi::Value Executor::Dispose(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  auto* job = new Job{JobKind::Stop, {}, {}, Napi::Promise::Deferred::New(env), {}};
-  Napi::Promise promise = job->deferred.Promise();
-  if (disposing_) {
-    job->deferred.Resolve(env.Undefined());
-    delete job;
-  } else {
-    disposing_ = true;
-    enqueue(job);
-  }
-  return promise;
-}
+Napi::Value Executor::Dispose(const Napi::CallbackInfo&) { return jobs_.stop(std::make_unique<StopJob>(this)); }
 
-Napi::Value Executor::Pending(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), pending_); }
+Napi::Value Executor::Pending(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), jobs_.pending()); }
 
 Napi::Value Executor::Ready(const Napi::CallbackInfo&) { return ready_.Value(); }
-
-void Executor::enqueue(Job* job) {
-  if (pending_++ == 0) {
-    completion_.Ref(Env());
-    Ref();  // the JS object must outlive its jobs
-  }
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    queue_.push_back(job);
-  }
-  wake_.notify_one();
-}
-
-// The first job is always the one `ready` settles: the backend is created here, off the JS
-// thread, because a GPU backend creates a context and uploads the weights.
-void Executor::loop() {
-  std::unique_ptr<Backend> backend;
-  for (;;) {
-    Job* job;
-    const RunRequest* next = nullptr;
-    {
-      std::unique_lock<std::mutex> lock(mutex_);
-      wake_.wait(lock, [this] { return !queue_.empty(); });
-      job = queue_.front();
-      queue_.pop_front();
-      // Queued jobs stay put until this thread pops them, so the pointer outlives the run.
-      if (!queue_.empty() && queue_.front() && queue_.front()->kind == JobKind::Run) next = &queue_.front()->request;
-    }
-    if (job == nullptr) return;  // silent stop: the JS side is already gone
-    try {
-      switch (job->kind) {
-        case JobKind::Init: backend = makeBackend(plan_); break;
-        case JobKind::Run:
-          if (!backend) throw std::runtime_error("the backend failed to start");
-          backend->run(job->request, next);
-          break;
-        case JobKind::Pack:
-          if (!backend) throw std::runtime_error("the backend failed to start");
-          job->packed = backend->pack(job->shapes);
-          break;
-        case JobKind::Stop: backend.reset(); break;
-      }
-    } catch (const std::exception& e) {
-      job->error = e.what();
-    }
-    const bool stop = job->kind == JobKind::Stop;  // once handed over, the job belongs to the JS thread
-    completion_.NonBlockingCall(job);
-    if (stop) return;
-  }
-}
-
-void Executor::Complete(Napi::Env env, Napi::Function, Executor* self, Job* job) {
-  std::unique_ptr<Job> owned(job);
-  if (env == nullptr) return;  // the environment is shutting down
-  if (job->kind == JobKind::Stop && self->thread_.joinable()) self->thread_.join();
-  try {
-    if (!job->error.empty()) job->deferred.Reject(Napi::Error::New(env, job->error).Value());
-    else if (job->kind == JobKind::Pack) job->deferred.Resolve(packedToJs(env, job->packed));
-    else job->deferred.Resolve(env.Undefined());
-  } catch (const Napi::Error&) {
-    // The environment is terminating (worker.terminate()): nobody is left to settle.
-  }
-  if (--self->pending_ == 0) {
-    self->completion_.Unref(env);
-    self->Unref();
-  }
-  if (job->kind == JobKind::Stop) {
-    self->plan_ref_.Reset();
-    self->completion_.Release();
-  }
-}
-
-// For a model collected or an environment torn down without dispose(): the thread is idle
-// (a pending job holds a reference to the object), so a silent stop returns at once.
-void Executor::stopAndJoin() {
-  if (!thread_.joinable()) return;
-  std::deque<Job*> dropped;
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    dropped.swap(queue_);     // queued jobs never run: their environment is going away
-    queue_.push_back(nullptr);
-  }
-  wake_.notify_one();
-  thread_.join();
-  for (Job* job : dropped) delete job;
-  if (!disposing_) completion_.Release();  // a finished dispose() released it already
-}
 
 }  // namespace vgg

@@ -1,14 +1,10 @@
-// One executor per model: a native thread that owns the backend and runs queued jobs in
-// order, so inference never touches the JS thread and concurrent calls never race.
-// Completions come back through a thread-safe function and settle the caller's Promise.
+// One executor per model: a JobThread that owns the backend and runs inference jobs in order,
+// so inference never touches the JS thread and concurrent calls never race.
 #pragma once
-#include <condition_variable>
-#include <deque>
-#include <mutex>
-#include <string>
-#include <thread>
-#include <vector>
+#include <memory>
 #include <napi.h>
+#include "backend.h"
+#include "job_thread.h"
 #include "plan.h"
 
 namespace vgg {
@@ -17,22 +13,12 @@ class Executor : public Napi::ObjectWrap<Executor> {
  public:
   static Napi::Function Define(Napi::Env env);
   explicit Executor(const Napi::CallbackInfo& info);
-  ~Executor() override;
 
  private:
-  // The baton: everything a job needs, with its JS inputs pinned until it completes.
-  enum class JobKind { Init, Run, Pack, Stop };
-  struct Job {
-    JobKind kind;
-    RunRequest request;
-    std::string error;
-    Napi::Promise::Deferred deferred;
-    std::vector<Napi::Reference<Napi::Value>> pins;
-    std::vector<RunRequest> shapes = {};  // Pack: the networks to compile
-    std::vector<PackedOut> packed = {};   // Pack: the result
-  };
-  static void Complete(Napi::Env env, Napi::Function, Executor* self, Job* job);
-  using Completion = Napi::TypedThreadSafeFunction<Executor, Job, Complete>;
+  struct InitJob;
+  struct RunJob;
+  struct PackJob;
+  struct StopJob;
 
   Napi::Value Run(const Napi::CallbackInfo& info);
   Napi::Value Pack(const Napi::CallbackInfo& info);
@@ -40,21 +26,13 @@ class Executor : public Napi::ObjectWrap<Executor> {
   Napi::Value Pending(const Napi::CallbackInfo& info);
   Napi::Value Ready(const Napi::CallbackInfo& info);
 
-  void enqueue(Job* job);
-  void loop();
-  void stopAndJoin();
-  static void onEnvCleanup(void* self);
+  Backend& backend();  // on the executor's thread
 
   Plan plan_;
   Napi::ObjectReference plan_ref_;  // keeps the weight arrays (and the mapped file) alive
   Napi::Reference<Napi::Promise> ready_;  // settles once the backend has started
-  Completion completion_;
-  std::thread thread_;
-  std::mutex mutex_;
-  std::condition_variable wake_;
-  std::deque<Job*> queue_;
-  int pending_ = 0;   // jobs queued or running, counted on the JS thread
-  bool disposing_ = false;
+  std::unique_ptr<Backend> backend_;  // created, used and freed on the thread only
+  JobThread jobs_;  // last: its thread stops before the members above go
 };
 
 }  // namespace vgg
