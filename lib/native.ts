@@ -56,6 +56,36 @@ export interface NativeExecutor {
   readonly ready: Promise<void>;
 }
 
+/** One fc layer as the trainer copies it in: `weight` is [outputs, inputs] row-major. */
+export interface NativeTrainerLayer { inputs: number; outputs: number; weight: Float32Array; bias: Float32Array }
+
+export interface NativeTrainerOptions {
+  layers: NativeTrainerLayer[];
+  momentum: number;
+  weightDecay: number;
+  /** 0 turns dropout off. */
+  dropout: number;
+  inputDropout: boolean;
+  seed: number;
+  threads: number;
+}
+
+/** An fc stack trained on its own native thread; every call queues behind the ones before it. */
+export interface NativeTrainer {
+  /** One SGD step on n rows (the arrays stay untouched until it resolves). */
+  step(features: Float32Array, labels: Int32Array, n: number, learningRate: number): Promise<{ loss: number; correct: number }>;
+  /** Fills `logits` [n, classes], without dropout. */
+  predict(features: Float32Array, n: number, logits: Float32Array): Promise<void>;
+  /** Copies each layer's current weight and bias into the given arrays. */
+  weights(out: [Float32Array, Float32Array][]): Promise<void>;
+  /** The last step's dropout multipliers (0 or 1/(1-p)): the input's (empty unless inputDropout), then each hidden layer's. */
+  masks(): Promise<Float32Array[]>;
+  dispose(): Promise<void>;
+  readonly pending: number;
+  /** Settles once the weights are copied in. */
+  readonly ready: Promise<void>;
+}
+
 interface Addon {
   mapFile(file: string): ArrayBuffer;
   /** What this build has; a backend it lacks is null. */
@@ -66,6 +96,8 @@ interface Addon {
     devices?: number; devicesError?: string;
   };
   Executor: new (plan: NativePlan) => NativeExecutor;
+  /** Absent in a build without oneDNN. */
+  Trainer?: new (options: NativeTrainerOptions) => NativeTrainer;
   /** What a oneDNN memory descriptor's bytes describe; throws if they are not one (null without oneDNN). */
   describeLayout(layout: Uint8Array): { dims: number[]; dataType: string; kind: 'blocked' | 'wino'; bytes: number } | null;
 }

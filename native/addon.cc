@@ -1,4 +1,4 @@
-// The addon's surface: mapFile, the Executor class and the backend's versions.
+// The addon's surface: mapFile, the Executor and Trainer classes and the backend's versions.
 // TypeScript validates everything before it reaches these functions; lib/native.ts declares them.
 #include <napi.h>
 #include "executor.h"
@@ -6,6 +6,7 @@
 #include "mapped_file.h"
 #ifdef VGG_WITH_ONEDNN
 #include "onednn/backend.h"
+#include "train/trainer.h"
 #endif
 #ifdef VGG_WITH_CUDA
 #include "cuda/backend.h"
@@ -68,6 +69,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("mapFile", Napi::Function::New(env, vgg::MapFile, "mapFile"));
   exports.Set("versions", Napi::Function::New(env, Versions, "versions"));
   exports.Set("Executor", vgg::Executor::Define(env));
+#ifdef VGG_WITH_ONEDNN
+  exports.Set("Trainer", vgg::train::Trainer::Define(env));
+#endif
   return exports;
 }
 
