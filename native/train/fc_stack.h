@@ -38,7 +38,7 @@ class FcStack {
 
   StepOut step(const float* features, const int32_t* labels, int n, float learningRate);
   void predict(const float* features, int n, float* logits);
-  void copyWeights(size_t layer, float* weight, float* bias) const;
+  void copyWeights(size_t layer, float* weight, float* bias);  // as [outputs, inputs] and [outputs]
   // The multipliers (0 or 1/(1-p)) the last step's dropout used: the input's first if
   // inputDropout, then each hidden layer's; empty before the first step or without dropout.
   const std::vector<std::vector<float>>& lastMasks() const { return masks_; }
@@ -55,6 +55,10 @@ class FcStack {
   };
   struct Pass;  // the primitives and activations for one batch size
 
+  // The batch size whose preferred weights layout every batch size uses.
+  static constexpr int kLayoutBatch = 64;
+
+  Param param(const dnnl::memory::desc& md, const float* from, dnnl::memory::dims dims);
   Pass& pass(int n);
   void forward(Pass& p, const float* features, bool training);
   void dropout(float* data, size_t count, int site);
