@@ -41,7 +41,7 @@ def epochs(name, count):
     return loss.item()
 
 # Debian's torch calls whatever libblas.so.3 the system (or LD_LIBRARY_PATH) provides: say which.
-blas = sorted({l.split()[-1].rsplit("/", 1)[-1] for l in open("/proc/self/maps") if "blas" in l and "/" in l})
+blas = sorted({"/".join(l.split()[-1].rsplit("/", 2)[-2:]) for l in open("/proc/self/maps") if "blas" in l and "/" in l})
 print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "blas": blas}), flush=True)
 for line in sys.stdin:
     name, count = line.split()

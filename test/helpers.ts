@@ -48,6 +48,29 @@ export function randomInput(n: number, h: number, w: number, seed = 1): Tensor {
   return { data, shape: [n, 3, h, w] };
 }
 
+/**
+ * Awaits `work` while a 10 ms timer ticks: how long it took, the timer's worst lateness and how
+ * many times it fired (what shows the event loop stayed free).
+ */
+export async function withTicker<T>(work: () => Promise<T>): Promise<{ result: T; ms: number; maxLag: number; ticks: number }> {
+  let maxLag = 0;
+  let ticks = 0;
+  let last = performance.now();
+  const timer = setInterval(() => {
+    const now = performance.now();
+    maxLag = Math.max(maxLag, now - last - 10);
+    last = now;
+    ticks++;
+  }, 10);
+  const start = performance.now();
+  try {
+    const result = await work();
+    return { result, ms: performance.now() - start, maxLag, ticks };
+  } finally {
+    clearInterval(timer);
+  }
+}
+
 // ---- temp files --------------------------------------------------------------
 
 const made: string[] = [];

@@ -8,7 +8,7 @@ import { VggError } from '../lib/errors';
 import { loadModel, type Model } from '../lib/model';
 import type { Outputs } from '../lib/engine';
 import type { Tensor } from '../lib/tensor';
-import { fixture, randomInput, readTensors, relError, tmpDir } from './helpers';
+import { fixture, randomInput, readTensors, relError, tmpDir, withTicker } from './helpers';
 
 const D = fixture('D.weights.safetensors');
 const io = readTensors(fixture('D.io.safetensors'));
@@ -143,19 +143,8 @@ describe('lifecycle', function () {
       let measured = 0;
       for (const size of [448, 640, 896, 1280]) {
         const x = randomInput(8, size, size);
-        let maxLag = 0;
-        let ticks = 0;
-        let last = performance.now();
-        const timer = setInterval(() => {
-          const now = performance.now();
-          maxLag = Math.max(maxLag, now - last - 10);
-          last = now;
-          ticks++;
-        }, 10);
-        const start = performance.now();
-        const out = await model.run(x, { outputs: ['prob'] });
-        measured = performance.now() - start;
-        clearInterval(timer);
+        const { result: out, ms, maxLag, ticks } = await withTicker(() => model.run(x, { outputs: ['prob'] }));
+        measured = ms;
         assert.equal(out.prob.data.length, 80);
         assert.ok(maxLag < 50, `max event-loop lag ${maxLag.toFixed(1)} ms during a ${measured.toFixed(0)} ms run at ${size}x${size}`);
         assert.ok(ticks >= measured / 10 / 3, `only ${ticks} timer ticks in ${measured.toFixed(0)} ms`);
