@@ -32,13 +32,13 @@ async function twoSteps(layers: FcLayerInit[], features: Float32Array) {
   }
 }
 
-/** New weights within 1e-5 of PyTorch's, and their change from the old ones within 1e-3 (a stricter look at the update). */
+/** New weights within 1e-5 of PyTorch's, and their change from the old ones within 1e-4 (a stricter look at the update: here 1e-8 and 1e-5). */
 function assertWeights(name: string, actual: ArrayLike<number>, expected: ArrayLike<number>, before: ArrayLike<number>) {
   const err = relError(actual, expected);
   assert.ok(err < 1e-5, `${name}: relative error ${err}`);
   const delta = (a: ArrayLike<number>) => Array.from(a, (v, i) => v - before[i]);
   const dErr = relError(delta(actual), delta(expected));
-  assert.ok(dErr < 1e-3, `${name}: the update's relative error ${dErr}`);
+  assert.ok(dErr < 1e-4, `${name}: the update's relative error ${dErr}`);
   assert.ok(Math.max(...delta(expected).map(Math.abs)) > 0, `${name}: the reference did not move`);
 }
 
@@ -187,6 +187,7 @@ describe('FcTrainer', function () {
     await rejects(t.step(f, Int32Array.from([-1, 0])), /labels\[0\] is -1/);
     await rejects(t.step(f, [0, 1] as unknown as Int32Array), /labels/);
     await rejects(t.step(f, new Int32Array(0)), /labels/);
+    await rejects(t.step(new Float32Array(4097 * 256), new Int32Array(4097)), /Int32Array of 1 to 4096 labels/);
     await rejects(t.step(f.subarray(1), Int32Array.from([0, 1])), /features to hold labels\.length \(2\) rows of 256 floats \(512\) but it holds 511/);
     await rejects(t.step(Float32Array.from(f).fill(NaN, 3, 4), Int32Array.from([0, 1])), /features\[3\] is NaN/);
     await rejects(t.predict(f, 3), /features to hold count \(3\) rows/);
@@ -203,12 +204,11 @@ describe('FcTrainer', function () {
 
   it('a step runs off the event loop: a timer keeps ticking through a step of at least 300 ms', async () => {
     // 4096 -> 4096 -> 1000 at batch 256 (about 30 GFLOP a step): long enough on any machine here.
-    const rand = prng(9);
-    const make = (out: number, inp: number) => ({ weight: Float32Array.from({ length: out * inp }, () => (rand() - 0.5) / 64), bias: new Float32Array(out) });
+    const make = (out: number, inp: number) => ({ weight: new Float32Array(out * inp).fill(1 / 4096), bias: new Float32Array(out) });
     const t = await FcTrainer.create({ layers: [make(4096, 4096), make(1000, 4096)], learningRate: 0.01, threads: 1 });
     try {
       const n = 256;
-      const x = Float32Array.from({ length: n * 4096 }, () => rand());
+      const x = new Float32Array(n * 4096).fill(0.5);
       const y = Int32Array.from({ length: n }, (_, i) => i % 1000);
       const { result: { loss }, ms: measured, maxLag, ticks } = await withTicker(() => t.step(x, y));
       console.log(`      4096-4096-1000 at batch ${n}: ${measured.toFixed(0)} ms, max lag ${maxLag.toFixed(1)} ms`);

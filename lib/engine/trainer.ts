@@ -38,6 +38,8 @@ export interface StepResult {
 
 /** Rows per native predict call: bounds the activations a long predict() allocates. */
 const PREDICT_ROWS = 1024;
+/** Rows per step: each batch size compiles a pass with activations of its own. */
+const MAX_BATCH = 4096;
 const MAX_UNITS = 1 << 20;
 
 /**
@@ -91,10 +93,12 @@ export class FcTrainer {
     this.#learningRate = checkLearningRate(value, 'learningRate');
   }
 
-  /** One SGD step on n = labels.length rows of `inputs` features each. */
+  /** One SGD step on n = labels.length rows (up to 4096) of `inputs` features each. */
   async step(features: Float32Array, labels: Int32Array): Promise<StepResult> {
     this.#check('step');
-    if (!(labels instanceof Int32Array) || labels.length === 0) throw argError('labels', 'a non-empty Int32Array', labels);
+    if (!(labels instanceof Int32Array) || labels.length === 0 || labels.length > MAX_BATCH) {
+      throw argError('labels', `an Int32Array of 1 to ${MAX_BATCH} labels (one per row of the batch)`, labels);
+    }
     const n = labels.length;
     const rows = this.#features(features, n, 'features', `labels.length (${n}) rows`);
     const copy = labels.slice();
