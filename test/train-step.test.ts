@@ -2,6 +2,8 @@
 // (make_train_reference.py), dropout's backward pass against finite differences, determinism
 // by seed, bad input, and steps off the event loop.
 import { strict as assert } from 'node:assert';
+import { spawnSync } from 'node:child_process';
+import * as path from 'node:path';
 import { FcTrainer, type FcLayerInit } from '../lib/engine';
 import { VggError } from '../lib/errors';
 import { fixture, prng, readTensors, relError, withTicker } from './helpers';
@@ -200,6 +202,31 @@ describe('FcTrainer', function () {
     await t.dispose();
     await rejects(t.step(f, Int32Array.from([0, 1])), /disposed/, 'E_DISPOSED');
     await rejects(t.weights(), /disposed/, 'E_DISPOSED');
+  });
+
+  it('an undisposed trainer, steps in flight, lets the process exit cleanly, and a worker with one terminates cleanly', () => {
+    const lib = JSON.stringify(path.resolve(__dirname, '../lib/engine'));
+    const body = `
+      const { FcTrainer } = require(${lib});
+      const start = async () => {
+        const t = await FcTrainer.create({ layers: [{ weight: new Float32Array(1000 * 4096).fill(1e-3), bias: new Float32Array(1000) }], learningRate: 0.01, threads: 1 });
+        const x = new Float32Array(512 * 4096).fill(1), y = new Int32Array(512);
+        console.log('loss', (await t.step(x, y)).loss > 0);
+        for (let i = 0; i < 3; i++) t.step(x, y).catch(() => {});
+      };`;
+    const code = `${body}
+      const { Worker } = require('node:worker_threads');
+      (async () => {
+        await start();
+        const w = new Worker(${JSON.stringify(`${body} start().then(() => require('node:worker_threads').parentPort.postMessage('queued'));`)}, { eval: true });
+        await new Promise((resolve, reject) => { w.once('message', resolve); w.once('error', reject); });
+        await w.terminate();
+        console.log('terminated');
+      })();`;
+    const r = spawnSync(process.execPath, ['-e', code], { encoding: 'utf8', timeout: 60_000 });
+    const report = `status ${r.status}, signal ${r.signal}\n${r.stdout}\n${r.stderr}`;
+    assert.equal(r.status, 0, report);
+    assert.match(r.stdout, /^loss true\n(loss true\n)?terminated\n/, report);
   });
 
   it('a step runs off the event loop: a timer keeps ticking through a step of at least 300 ms', async () => {
