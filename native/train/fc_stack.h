@@ -3,7 +3,9 @@
 // each hidden ReLU (and optionally on the input), softmax cross-entropy averaged over the
 // batch, inner product backward-data/backward-weights with ReLU backward, and
 // torch.optim.SGD's update (momentum, weight decay on every parameter, no dampening).
-// Everything is float32 in plain row-major layouts; one compiled pass per batch size.
+// Everything is float32; activations are plain row-major, weights (with their gradients and
+// momentum) stay in the blocked layout oneDNN prefers, so no step reorders them; one compiled
+// pass per batch size.
 #pragma once
 #include <cstdint>
 #include <vector>
