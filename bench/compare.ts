@@ -1,12 +1,13 @@
 // vggnet against onnxruntime-node on this machine, fp32 and int8: VGG16 at 224x224, the same
-// weights (and for int8 the same calibration), the same thread count, each engine in its own process (so load time and memory are its own), rounds
-// alternating the engines, every figure the median over rounds. Prints one table and the
-// issue's targets as ratios measured in this run.
+// weights (for int8 the same calibration), the same thread count, each engine in its own process
+// (so load time and memory are its own), rounds alternating the engines, every figure the median
+// over rounds. Prints one table and the targets as ratios measured in this run.
 //
 // usage: npm run bench [-- --rounds 3 --threads 2 --batch 8]
 // The first run installs onnxruntime-node into bench/peer (--ignore-scripts: its CPU binaries
 // ship in the package), writes a calibration from samples/, the fp32 and int8 (QDQ) ONNX files
-// and the packed files next to the seeded random VGG16 in the vggnet cache folder; later runs reuse them.
+// and the packed files next to the seeded random VGG16 in the vggnet cache folder; later runs
+// reuse them.
 import { execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
