@@ -140,8 +140,17 @@ describe('vgg fetch', () => {
   const snapshot = () => path.join(repoDir(), 'snapshots', COMMIT, 'model.safetensors');
   const listing = (dir: string) => (fs.existsSync(dir) ? fs.readdirSync(dir) : []);
 
-  before((done) => { hub.server.listen(0, '127.0.0.1', done); });
-  after((done) => { hub.server.close(done); });
+  // An empty vggnet cache: a developer's own ~/.cache/vggnet/models/vgg16.safetensors (an earlier vgg fetch) would be reused.
+  const savedVggnetCache = process.env.VGGNET_CACHE;
+  before((done) => {
+    process.env.VGGNET_CACHE = tmpDir();
+    hub.server.listen(0, '127.0.0.1', done);
+  });
+  after((done) => {
+    if (savedVggnetCache === undefined) delete process.env.VGGNET_CACHE;
+    else process.env.VGGNET_CACHE = savedVggnetCache;
+    hub.server.close(done);
+  });
   beforeEach(() => {
     cacheDir = tmpDir();
     Object.assign(hub, { ranges: [], encodings: [], resolves: 0, etag: sha256, dropNext: false, ignoreRange: false, names: ['vgg16'] });
@@ -261,6 +270,32 @@ describe('vgg fetch', () => {
     const result = await fetchWeights('vgg16', { cacheDir, endpoint: 'http://127.0.0.1:1' });
     assert.deepEqual(result, { path: path.join(repoDir(), 'snapshots', rev, 'model.safetensors'), cached: true });
     assert.equal(hub.resolves + hub.ranges.length, 0);
+  });
+
+  it("reuses an earlier vgg fetch's $VGGNET_CACHE/models file, linked into the hub cache, without a request; ignores a truncated one", async () => {
+    const vggnetCache = tmpDir();
+    const earlier = path.join(vggnetCache, 'models', 'vgg16.safetensors');
+    fs.mkdirSync(path.dirname(earlier));
+    fs.writeFileSync(earlier, served);
+    const main = path.resolve(__dirname, '../lib/cli/main.js');
+    const env = { ...process.env, HF_HUB_CACHE: cacheDir, VGGNET_CACHE: vggnetCache };
+    const { stdout, stderr } = await promisify(execFile)(process.execPath, [main, 'fetch', 'vgg16', '--endpoint', hub.endpoint], { env });
+    assert.equal(hub.resolves + hub.ranges.length, 0, 'a request went to the hub');
+    assert.equal(stderr, `vgg fetch: vgg16: reusing ${earlier} from an earlier vgg fetch, linked into the Hugging Face cache; nothing downloaded\n`);
+    // huggingface_hub's layout, so Python finds the blob by the sha256 the Hub announces; the old name still works.
+    const reused = path.join(repoDir(), 'snapshots', 'main', 'model.safetensors');
+    assert.equal(stdout, `${reused}\n`);
+    assert.equal(fs.readlinkSync(reused), `../../blobs/${sha256}`);
+    assert.equal(fs.statSync(path.join(blobs(), sha256)).ino, fs.statSync(earlier).ino);
+    assert.deepEqual(fs.readdirSync(blobs()), [sha256]);
+
+    const truncated = tmpDir();
+    fs.mkdirSync(path.join(truncated, 'models'));
+    fs.writeFileSync(path.join(truncated, 'models', 'vgg16.safetensors'), served.subarray(0, served.length - 100));
+    cacheDir = tmpDir();
+    const again = await promisify(execFile)(process.execPath, [main, 'fetch', 'vgg16', '--endpoint', hub.endpoint], { env: { ...env, HF_HUB_CACHE: cacheDir, VGGNET_CACHE: truncated } });
+    assert.equal(hub.resolves, 1);
+    assert.ok(fs.readFileSync(again.stdout.trim()).equals(served));
   });
 
   it('stops on an aborted signal with E_FETCH, and the next call resumes', async () => {

@@ -35,9 +35,12 @@ async function fetchCommand(name: string, flags: FetchFlags): Promise<void> {
   const seconds = progress?.seconds ?? 0;
   const bytes = progress?.done ?? 0;
   const checked = result.sha256 ? `sha256 ${result.sha256} verified` : 'the server sent no sha256 to verify';
-  finish(flags, result.cached ? `vgg fetch: ${name}: already downloaded` : `vgg fetch: ${name}: ${(bytes / 1e6).toFixed(1)} MB in ${seconds.toFixed(1)} s, ${checked}`, {
+  const cached = result.reused
+    ? `reusing ${result.reused} from an earlier vgg fetch${result.path === result.reused ? '' : ', linked into the Hugging Face cache'}; nothing downloaded`
+    : 'already downloaded';
+  finish(flags, result.cached ? `vgg fetch: ${name}: ${cached}` : `vgg fetch: ${name}: ${(bytes / 1e6).toFixed(1)} MB in ${seconds.toFixed(1)} s, ${checked}`, {
     command: 'fetch', name, path: result.path, cached: result.cached, bytes, seconds: Number(seconds.toFixed(3)),
-    ...(result.sha256 ? { sha256: result.sha256 } : {}),
+    ...(result.sha256 ? { sha256: result.sha256 } : {}), ...(result.reused ? { reused: result.reused } : {}),
   });
   // The path is what a script wants ("$(vgg fetch vgg16)"); with --json it is in the object.
   if (!flags.json) process.stdout.write(`${result.path}\n`);

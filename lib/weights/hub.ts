@@ -5,6 +5,7 @@ import { pipeline } from 'node:stream/promises';
 import { type Dispatcher, EnvHttpProxyAgent, fetch, type Response } from 'undici';
 import { VggError, argError } from '../errors';
 import { ioError } from '../files';
+import { cacheDir as vggnetCacheDir } from './default-weights';
 import { hubCacheDir, RepoCache } from './hf-cache';
 import { openWeights } from './open';
 import { presetArch } from '../arch/topology';
@@ -52,6 +53,8 @@ export interface FetchResult {
   cached: boolean;
   /** The checksum the file was verified against; absent when the server sent none. */
   sha256?: string;
+  /** The file an earlier vggnet's `vgg fetch` left in `$VGGNET_CACHE/models/`, reused (linked into the hub cache when it can be). */
+  reused?: string;
 }
 
 const FILE = 'model.safetensors';
@@ -72,6 +75,8 @@ export async function fetchWeights(name: string, options: FetchOptions = {}): Pr
   const cache = new RepoCache(options.cacheDir ?? hubCacheDir(), repo);
   const found = cache.find(FILE);
   if (found) return { path: found, cached: true };
+  const earlier = await reuseEarlierDownload(name, cache);
+  if (earlier) return earlier;
 
   // Read from the environment now, so a caller that sets HTTPS_PROXY before calling is obeyed.
   const dispatcher = new EnvHttpProxyAgent();
@@ -79,6 +84,34 @@ export async function fetchWeights(name: string, options: FetchOptions = {}): Pr
     return await download({ url: `${endpoint}/${repo}/resolve/main/${FILE}`, name, cache, dispatcher, ...options });
   } finally {
     await dispatcher.close();
+  }
+}
+
+/**
+ * Before the hub cache, `vgg fetch` kept downloads in `<vggnet cache>/models/<name>.safetensors`,
+ * a name given only after the sha256 and the binding were checked. Such a file is bound again
+ * (a truncated or foreign one is ignored, and downloaded afresh) and hard-linked into the hub
+ * cache under its sha256, in a snapshot named `main` as the commit is not known offline: then
+ * neither vgg nor huggingface_hub (which finds the blob by the sha256 the Hub announces) download
+ * it again. Where a link cannot be made (another file system), the file is used where it is.
+ */
+async function reuseEarlierDownload(name: string, cache: RepoCache): Promise<FetchResult | undefined> {
+  const earlier = path.join(vggnetCacheDir(), 'models', `${name}.safetensors`);
+  if (!fs.existsSync(earlier)) return undefined;
+  try {
+    await checkArch(earlier, name, earlier);
+  } catch {
+    return undefined;
+  }
+  const sha256 = await sha256File(earlier);
+  const link = cache.blob(`${sha256}.${process.pid}.link`);
+  try {
+    await fs.promises.mkdir(path.dirname(link), { recursive: true });
+    await fs.promises.link(earlier, link);
+    return { path: await cache.commit(link, sha256, 'main', FILE), cached: true, reused: earlier };
+  } catch {
+    await fs.promises.rm(link, { force: true }).catch(() => undefined);
+    return { path: earlier, cached: true, reused: earlier };
   }
 }
 
