@@ -189,6 +189,7 @@ describe('distributed jobs (BullMQ on a real redis-server)', function () {
     const w = await vgg(['job', 'wait', id, '--redis', redis.url]).done;
     assert.equal(w.status, 2);
     assert.match(w.stderr, /shard 2 failed after 3 attempts/);
+    assert.match(w.stderr, /vgg job: 4\/5 shards done, 1 shards failed, 32\/40 images/); // failures in shards, said so
     await assert.rejects(mergeJob(id, path.join(dir, 'fail.safetensors'), { redis: redis.url }), /not finished: 1 of 5/);
 
     // Once the cause is gone, submitting again retries the failed shard only.

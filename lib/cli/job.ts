@@ -3,7 +3,7 @@ import { jobStatus, mergeJob, runWorker, submitJob, type JobStatus } from '../jo
 import type { Preset } from '../images/preprocess';
 import { VggError } from '../errors';
 import { type EngineFlags, commaList, engineOptions, engineSettings, positiveInt, preprocessOptions, reportError } from './common';
-import { finish, Progress, progressOptions, type ProgressFlags } from './progress';
+import { finish, Progress, progressOptions, type ProgressFlags, SHARDS } from './progress';
 
 const redisOption = () => new Option('--redis <url>', 'Redis URL').env('REDIS_URL').default('redis://127.0.0.1:6379');
 
@@ -89,8 +89,9 @@ export function registerJob(program: Command): void {
     .addOption(redisOption());
   progressOptions(wait).action(async (id: string, f: ProgressFlags & { intervalMs: number; redis: string }) => {
     let s = await jobStatus(id, { redis: f.redis });
-    // Counted in images, which move steadily, where shards come in steps; failed counts shards.
-    const progress = new Progress('vgg job', { total: s.images, done: s.imagesDone, failed: s.failed, quiet: f.quiet });
+    // Done counted in images, which move steadily where shards come in steps; failed in shards, and
+    // named so: the status knows which shards failed, not which of their images.
+    const progress = new Progress('vgg job', { total: s.images, done: s.imagesDone, failed: s.failed, failedUnit: SHARDS, quiet: f.quiet });
     while (!s.finished) {
       await new Promise((r) => setTimeout(r, f.intervalMs));
       try {
@@ -104,7 +105,7 @@ export function registerJob(program: Command): void {
     }
     progress.stop();
     for (const x of s.failures) process.stderr.write(`vgg job: shard ${x.index} failed after ${x.attempts} attempts: ${x.error}\n`);
-    finish(f, `vgg job: ${s.done}/${s.shards} shards done, ${s.failed} failed, ${s.imagesDone}/${s.images} images -> ${s.out}`, {
+    finish(f, `vgg job: ${s.done}/${s.shards} shards done, ${s.failed} shards failed, ${s.imagesDone}/${s.images} images -> ${s.out}`, {
       command: 'job wait', job: s.id, shards: s.shards, done: s.done, failed: s.failed, images: s.images, imagesDone: s.imagesDone,
       seconds: Number(progress.seconds.toFixed(3)), imagesPerSecond: Number(s.imagesPerSecond.toFixed(1)), out: s.out,
     });

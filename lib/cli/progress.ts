@@ -24,13 +24,15 @@ export function progressOptions(command: Command, { json = true } = {}): Command
 export interface Unit {
   /** Shown after counts and rates: 'images', 'shards', 'MB'. */
   name: string;
+  /** The name of one, where it differs: 'image'. */
+  one?: string;
   /** Display value per counted item (1e-6 for bytes shown as MB). */
   scale: number;
   digits: number;
 }
 
-export const IMAGES: Unit = { name: 'images', scale: 1, digits: 0 };
-export const SHARDS: Unit = { name: 'shards', scale: 1, digits: 0 };
+export const IMAGES: Unit = { name: 'images', one: 'image', scale: 1, digits: 0 };
+export const SHARDS: Unit = { name: 'shards', one: 'shard', scale: 1, digits: 0 };
 export const MEGABYTES: Unit = { name: 'MB', scale: 1e-6, digits: 1 };
 
 /** Without a terminal, a line at most this often. */
@@ -46,6 +48,8 @@ export interface ProgressOptions {
   /** Items done by an earlier run (--resume), which do not count towards this run's rate. */
   done?: number;
   failed?: number;
+  /** What `failed` counts when it is not `unit` (job wait: images done, shards failed); then the bar names it. */
+  failedUnit?: Unit;
   quiet?: boolean;
 }
 
@@ -55,6 +59,7 @@ export class Progress {
   failed: number;
   readonly #label: string;
   readonly #unit: Unit;
+  readonly #failedUnit: Unit;
   readonly #total: number | undefined;
   readonly #from: number;
   readonly #quiet: boolean;
@@ -65,6 +70,7 @@ export class Progress {
   constructor(label: string, options: ProgressOptions = {}) {
     this.#label = label;
     this.#unit = options.unit ?? IMAGES;
+    this.#failedUnit = options.failedUnit ?? this.#unit;
     this.#total = options.total;
     this.done = this.#from = options.done ?? 0;
     this.failed = options.failed ?? 0;
@@ -127,7 +133,7 @@ export class Progress {
   }
 
   #payload() {
-    return progressFields({ done: this.done, from: this.#from, total: this.#total, failed: this.failed, ms: performance.now() - this.started }, this.#unit);
+    return progressFields({ done: this.done, from: this.#from, total: this.#total, failed: this.failed, ms: performance.now() - this.started }, this.#unit, this.#failedUnit);
   }
 }
 
@@ -142,7 +148,7 @@ export interface ProgressState {
 }
 
 /** What the bar and the lines show: counts, rate, and the ETA only once it is worth reading. */
-export function progressFields(p: ProgressState, u: Unit): { count: string; rate: string; eta: string; failures: string } {
+export function progressFields(p: ProgressState, u: Unit, failedUnit = u): { count: string; rate: string; eta: string; failures: string } {
   const show = (n: number) => (n * u.scale).toFixed(u.digits);
   const rate = p.ms > 0 ? (p.done - p.from) / (p.ms / 1000) : 0;
   const meaningful = p.total !== undefined && rate > 0 && p.ms >= ETA_AFTER_MS && p.done - p.from >= ETA_AFTER_FRACTION * p.total;
@@ -150,7 +156,7 @@ export function progressFields(p: ProgressState, u: Unit): { count: string; rate
     count: p.total === undefined ? `${show(p.done)} ${u.name}` : `${show(p.done)}/${show(p.total)} ${u.name}`,
     rate: `${(rate * u.scale).toFixed(1)} ${u.name}/s`,
     eta: meaningful ? `ETA ${duration(Math.max(0, (p.total! - p.done) / rate))}` : '',
-    failures: p.failed ? ` | ${p.failed} failed` : '',
+    failures: !p.failed ? '' : failedUnit === u ? ` | ${p.failed} failed` : ` | ${p.failed} failed ${p.failed === 1 ? failedUnit.one ?? failedUnit.name : failedUnit.name}`,
   };
 }
 

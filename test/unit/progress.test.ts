@@ -1,5 +1,5 @@
 import * as assert from 'node:assert/strict';
-import { IMAGES, MEGABYTES, duration, progressFields } from '../../lib/cli/progress';
+import { IMAGES, MEGABYTES, SHARDS, duration, progressFields } from '../../lib/cli/progress';
 
 describe('unit: progress', () => {
   it('shows no ETA before 3 s and 2% of the run: a first batch would make it wild', () => {
@@ -13,6 +13,13 @@ describe('unit: progress', () => {
   it("counts this run's items in the rate, not a resumed run's", () => {
     const f = progressFields({ done: 120, from: 100, total: 200, failed: 3, ms: 4000 }, IMAGES);
     assert.deepEqual(f, { count: '120/200 images', rate: '5.0 images/s', eta: 'ETA 16 s', failures: ' | 3 failed' });
+  });
+
+  it('names the unit of the failures when it is not the unit of the count (job wait: images done, shards failed)', () => {
+    const state = { done: 2000, from: 0, total: 5000, failed: 1, ms: 4000 };
+    assert.equal(progressFields(state, IMAGES, SHARDS).failures, ' | 1 failed shard');
+    assert.equal(progressFields({ ...state, failed: 2 }, IMAGES, SHARDS).failures, ' | 2 failed shards');
+    assert.equal(progressFields(state, IMAGES).failures, ' | 1 failed');
   });
 
   it('shows bytes as MB', () => {
