@@ -297,6 +297,22 @@ describe('extract', function () {
       }
     });
 
+    it('on a terminal, draws a bar that moves image by image (images under way) and counts done only whole batches', () => {
+      const file = path.join(out, 'tty.safetensors');
+      const r = spawnSync(process.execPath, ['-r', path.resolve(__dirname, 'tty.js'), MAIN, ...cliArgs(dir, file)], { encoding: 'utf8', env: { ...process.env, VGG_DEBUG: '' } });
+      assert.equal(r.status, 2, r.stderr);
+      const frames = [...r.stderr.matchAll(new RegExp(`\\[([#+-]{30})\\] (\\d+)/${COUNT} images(?:, (\\d+) under way)?`, 'g'))]
+        .map((m) => ({ gauge: m[1], done: Number(m[2]), begun: Number(m[2]) + Number(m[3] ?? 0) }));
+      assert.ok(frames.length >= 3, r.stderr);
+      // The records of a batch (8) come out together: a frame showing part of one would be a moment's artefact.
+      for (const f of frames) assert.ok(f.done % 8 === 0 || f.done === COUNT, `${f.done} done`);
+      // The images read into the pipeline move on between batches, one by one, and only forwards.
+      assert.ok(frames.some((f) => f.begun > f.done && f.done < COUNT), 'no frame shows images under way');
+      assert.ok(new Set(frames.map((f) => f.begun)).size > new Set(frames.map((f) => f.done)).size, 'the bar moved only with whole batches');
+      frames.slice(1).forEach((f, i) => assert.ok(f.begun >= frames[i].begun && f.done >= frames[i].done, 'the bar went backwards'));
+      assert.deepEqual(frames.at(-1), { gauge: '#'.repeat(30), done: COUNT, begun: COUNT });
+    });
+
     it('resumes after SIGKILL or SIGINT and writes the same bytes as an uninterrupted run', async function () {
       this.timeout(60000);
       // The interrupted runs wait 300 ms after each batch (a hidden flag; a named pipe among the

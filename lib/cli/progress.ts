@@ -4,7 +4,9 @@ import type { Command } from 'commander';
 /**
  * The one progress reporter of every long command (extract, classify, calibrate, pack, fetch,
  * job wait), on stderr: on a terminal a bar redrawn in place as each item finishes, with the rate
- * and, once it means something, an ETA; otherwise (a log, CI) a line every LINE_MS. It never
+ * and, once it means something, an ETA; where items finish in groups (extract's batches) the bar
+ * also shows, apart, the items under way, which begin one by one; otherwise (a log, CI) a line
+ * every LINE_MS. It never
  * writes colour. `--quiet` silences it and the closing line; `--json` prints the closing summary
  * as one JSON object on stdout instead.
  */
@@ -64,6 +66,9 @@ export class Progress {
   readonly #from: number;
   readonly #quiet: boolean;
   #bar: SingleBar | undefined;
+  #redrawing: NodeJS.Immediate | undefined;
+  /** Items begun, done or not (only for commands that call begin()). */
+  #begun: number;
   #lineAt = performance.now();
 
   /** `label` starts every line: 'vgg extract'. */
@@ -72,18 +77,16 @@ export class Progress {
     this.#unit = options.unit ?? IMAGES;
     this.#failedUnit = options.failedUnit ?? this.#unit;
     this.#total = options.total;
-    this.done = this.#from = options.done ?? 0;
+    this.done = this.#from = this.#begun = options.done ?? 0;
     this.failed = options.failed ?? 0;
     this.#quiet = options.quiet ?? false;
     if (!this.#quiet && process.stderr.isTTY && process.env.TERM !== 'dumb') {
       this.#bar = new SingleBar({
-        // Not {eta}: cli-progress fills that itself, from the first second on.
-        format: `${label} [{bar}] {count} | {rate}{until}{failures}`,
+        // Not {eta}: cli-progress fills that itself, from the first second on. Not {bar}: it has
+        // no room for the items under way.
+        format: `${label} [{gauge}] {count} | {rate}{until}{failures}`,
         stream: process.stderr,
         hideCursor: true,
-        barCompleteChar: '#',
-        barIncompleteChar: '-',
-        barsize: 30,
       });
       this.#bar.start(this.#total ?? 0, this.done, this.#barPayload());
     }
@@ -94,12 +97,22 @@ export class Progress {
     this.set(this.done + 1, this.failed + (failed ? 1 : 0));
   }
 
+  /**
+   * One more item begun (extract: an image read into the decode-ahead pipeline). The bar shows
+   * the items begun but not done as '+', apart from those done ('#'), and counts them: when
+   * items finish a batch at a time, this is what moves image by image.
+   */
+  begin(): void {
+    this.#begun++;
+    this.#redraw();
+  }
+
   /** Where the work stands now (job wait and fetch learn totals, not steps). */
   set(done: number, failed = this.failed): void {
     [this.done, this.failed] = [done, failed];
     if (this.#quiet) return;
     if (this.#bar) {
-      this.#bar.update(done, this.#barPayload());
+      this.#redraw();
     } else if (performance.now() - this.#lineAt >= LINE_MS) {
       this.#lineAt = performance.now();
       const p = this.#payload();
@@ -114,8 +127,24 @@ export class Progress {
 
   /** Removes the bar (leaving its last state), so that what follows starts on a fresh line. */
   stop(): void {
+    if (this.#redrawing) {
+      clearImmediate(this.#redrawing);
+      this.#redrawing = undefined;
+      this.#bar?.update(this.done, this.#barPayload());
+    }
     this.#bar?.stop();
     this.#bar = undefined;
+  }
+
+  /**
+   * Redraws once the work of this turn of the event loop is done: the records of a batch arrive
+   * in one turn, and a bar drawn after the first of them would show 1 of 32 done for a moment.
+   */
+  #redraw(): void {
+    this.#redrawing ??= setImmediate(() => {
+      this.#redrawing = undefined;
+      this.#bar?.update(this.done, this.#barPayload());
+    });
   }
 
   get seconds(): number {
@@ -133,12 +162,15 @@ export class Progress {
   }
 
   #payload() {
-    return progressFields({ done: this.done, from: this.#from, total: this.#total, failed: this.failed, ms: performance.now() - this.started }, this.#unit, this.#failedUnit);
+    const state = { done: this.done, begun: this.#begun, from: this.#from, total: this.#total, failed: this.failed, ms: performance.now() - this.started };
+    return progressFields(state, this.#unit, this.#failedUnit);
   }
 }
 
 export interface ProgressState {
   done: number;
+  /** Begun, done or not: the ones under way are begun - done. */
+  begun?: number;
   /** Done before this run started (not counted in the rate). */
   from: number;
   total?: number;
@@ -148,16 +180,27 @@ export interface ProgressState {
 }
 
 /** What the bar and the lines show: counts, rate, and the ETA only once it is worth reading. */
-export function progressFields(p: ProgressState, u: Unit, failedUnit = u): { count: string; rate: string; eta: string; failures: string } {
+export function progressFields(p: ProgressState, u: Unit, failedUnit = u): { gauge: string; count: string; rate: string; eta: string; failures: string } {
   const show = (n: number) => (n * u.scale).toFixed(u.digits);
   const rate = p.ms > 0 ? (p.done - p.from) / (p.ms / 1000) : 0;
   const meaningful = p.total !== undefined && rate > 0 && p.ms >= ETA_AFTER_MS && p.done - p.from >= ETA_AFTER_FRACTION * p.total;
+  const underWay = Math.max(0, (p.begun ?? 0) - p.done);
   return {
-    count: p.total === undefined ? `${show(p.done)} ${u.name}` : `${show(p.done)}/${show(p.total)} ${u.name}`,
+    gauge: gauge(p.done, p.done + underWay, p.total),
+    count: (p.total === undefined ? `${show(p.done)} ${u.name}` : `${show(p.done)}/${show(p.total)} ${u.name}`) + (underWay ? `, ${show(underWay)} under way` : ''),
     rate: `${(rate * u.scale).toFixed(1)} ${u.name}/s`,
     eta: meaningful ? `ETA ${duration(Math.max(0, (p.total! - p.done) / rate))}` : '',
     failures: !p.failed ? '' : failedUnit === u ? ` | ${p.failed} failed` : ` | ${p.failed} failed ${p.failed === 1 ? failedUnit.one ?? failedUnit.name : failedUnit.name}`,
   };
+}
+
+const GAUGE_WIDTH = 30;
+
+/** '#' done, '+' begun and not done, '-' the rest; all '-' with no total. */
+function gauge(done: number, begun: number, total: number | undefined): string {
+  const cells = (n: number) => (total ? Math.min(GAUGE_WIDTH, Math.floor((GAUGE_WIDTH * n) / total)) : 0);
+  const [d, b] = [cells(done), Math.max(cells(done), cells(begun))];
+  return '#'.repeat(d) + '+'.repeat(b - d) + '-'.repeat(GAUGE_WIDTH - b);
 }
 
 /**
