@@ -226,6 +226,10 @@ describe('packed weights', function () {
     r = vgg('pack', '--weights', D, '--precision', 'int8', '--calibration', cal, '--batch', '2', '--out', out);
     assert.equal(r.status, 0, r.stderr);
     assert.match(r.stderr, /^vgg pack: int8 for oneDNN [\d.]+ on \w+, 16 layouts, [\d.]+ MB -> /);
+    // On a terminal, one native call gives no steps to count: what it packs and the time so far.
+    const onTerminal = spawnSync(process.execPath, ['-r', path.resolve(__dirname, 'tty.js'), main, 'pack', '--weights', D, '--batch', '1,2', '--out', path.join(dir, 'tty.packed')], { encoding: 'utf8' });
+    assert.equal(onTerminal.status, 0, onTerminal.stderr);
+    assert.match(onTerminal.stderr, new RegExp(`vgg pack: packing ${D.replace(/[.]/g, '\\.')} for 2 input shapes, 0 s`));
     // vgg run on the packed file gives what the original gives with the same options.
     const a = path.join(dir, 'a.safetensors'), b = path.join(dir, 'b.safetensors');
     assert.equal(vgg('run', '--weights', D, '--precision', 'int8', '--calibration', cal, '--input', fixture('input-224.safetensors'), '--outputs', 'fc7', '--out', a).status, 0);

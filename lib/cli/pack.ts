@@ -3,7 +3,7 @@ import { packWeights } from '../tasks/pack';
 import type { Precision } from '../native';
 import type { Head } from '../arch/topology';
 import { imageSize, positiveInt, positiveIntList } from './common';
-import { finish, progressOptions, type ProgressFlags } from './progress';
+import { Elapsed, finish, progressOptions, type ProgressFlags } from './progress';
 
 interface PackFlags extends ProgressFlags {
   weights: string;
@@ -39,7 +39,8 @@ export function registerPack(program: Command): void {
     .option('--head <list>', 'heads to pack for: fixed, dense', headList, ['fixed'])
     .option('--threads <n>', 'oneDNN threads (default: all cores)', positiveInt)
     .addHelpText('after', HELP);
-  // No bar: oneDNN packs every shape in one call; --quiet and --json shape the closing line.
+  // No bar: one native call packs every shape (one call per shape would copy all the weights out
+  // once per shape); the time so far instead.
   progressOptions(command).action(run);
 }
 
@@ -50,13 +51,13 @@ function headList(value: string): Head[] {
 }
 
 async function run(flags: PackFlags): Promise<void> {
-  const started = performance.now();
   const shapes = flags.batch.flatMap((n) => flags.size.flatMap(([h, w]) => flags.head.map((head): [number, number, number, Head] => [n, h, w, head])));
+  const elapsed = new Elapsed('vgg pack', `packing ${flags.weights} for ${shapes.length} input shape${shapes.length === 1 ? '' : 's'}`, flags.quiet);
   const r = await packWeights(flags.weights, flags.out, {
     precision: flags.precision, shapes, winograd: flags.winograd, calibration: flags.calibration, threads: flags.threads,
-  });
+  }).finally(() => elapsed.stop());
   const mb = (r.bytes / 1e6).toFixed(1);
-  const seconds = (performance.now() - started) / 1000;
+  const seconds = elapsed.seconds;
   finish(flags, `vgg pack: ${r.header.precision}${r.header.winograd ? ' Winograd' : ''} for oneDNN ${r.header.onednn} on ${r.header.isa}, ${r.layouts} layouts, ${mb} MB -> ${flags.out} in ${seconds.toFixed(1)} s`, {
     command: 'pack', precision: r.header.precision, winograd: r.header.winograd, layouts: r.layouts, bytes: r.bytes, seconds: Number(seconds.toFixed(3)), out: flags.out,
   });

@@ -80,7 +80,7 @@ export class Progress {
     this.done = this.#from = this.#begun = options.done ?? 0;
     this.failed = options.failed ?? 0;
     this.#quiet = options.quiet ?? false;
-    if (!this.#quiet && process.stderr.isTTY && process.env.TERM !== 'dumb') {
+    if (!this.#quiet && onTerminal()) {
       this.#bar = new SingleBar({
         // Not {eta}: cli-progress fills that itself, from the first second on. Not {bar}: it has
         // no room for the items under way.
@@ -192,6 +192,43 @@ export function progressFields(p: ProgressState, u: Unit, failedUnit = u): { gau
     eta: meaningful ? `ETA ${duration(Math.max(0, (p.total! - p.done) / rate))}` : '',
     failures: !p.failed ? '' : failedUnit === u ? ` | ${p.failed} failed` : ` | ${p.failed} failed ${p.failed === 1 ? failedUnit.one ?? failedUnit.name : failedUnit.name}`,
   };
+}
+
+const onTerminal = () => process.stderr.isTTY && process.env.TERM !== 'dumb';
+
+/**
+ * Progress for work that reports no steps (vgg pack: one native call compiles every shape and
+ * arranges the weights): what is being done and the time so far, redrawn every second on a
+ * terminal, else a line every LINE_MS. No bar and no ETA: nothing says how far along it is.
+ */
+export class Elapsed {
+  readonly started = performance.now();
+  #bar: SingleBar | undefined;
+  #timer: NodeJS.Timeout | undefined;
+
+  /** `what` follows the label: 'vgg pack: packing 2 shapes'. */
+  constructor(label: string, what: string, quiet = false) {
+    if (quiet) return;
+    const line = () => `${label}: ${what}, ${duration(this.seconds)}`;
+    if (onTerminal()) {
+      this.#bar = new SingleBar({ format: '{line}', stream: process.stderr, hideCursor: true });
+      this.#bar.start(0, 0, { line: line() });
+    }
+    this.#timer = setInterval(() => {
+      if (this.#bar) this.#bar.update(0, { line: line() });
+      else process.stderr.write(`${line()}\n`);
+    }, this.#bar ? 1000 : LINE_MS).unref();
+  }
+
+  stop(): void {
+    clearInterval(this.#timer);
+    this.#bar?.stop();
+    this.#bar = undefined;
+  }
+
+  get seconds(): number {
+    return (performance.now() - this.started) / 1000;
+  }
 }
 
 const GAUGE_WIDTH = 30;
