@@ -36,6 +36,9 @@ Outputs (one row per image that could be read, in input order):
   .jsonl        one {"id": ..., "<blob>": [...]} per line, each blob flattened
 Images that fail are listed in FILE.errors.jsonl ({"id", "code", "message"} per line).
 
+On a terminal the bar shows the images done (#), which a batch finishes together, and apart
+the images under way (+): read, decoding, waiting for their batch or in the network.
+
 Progress is journaled in FILE.partial/ as it goes; after a crash or Ctrl-C, the same command
 with --resume skips the images already done and writes the same FILE as an uninterrupted run.
 `;
