@@ -252,15 +252,23 @@ describe('eval', () => {
 
     it('streams: pulls the source only as far ahead as its bounded queues, however long it is', async () => {
       const bytes = fs.readFileSync(sample('fruit.jpg'));
-      let pulled = 0, done = 0, ahead = 0;
+      let pulled = 0, done = 0, ahead = 0, read = 0, readAhead = 0;
+      const ids: string[] = [];
       async function* many() {
         for (let i = 0; i < 60; i++) {
           pulled++;
           yield { image: bytes, label: i };
         }
       }
-      const summary = await evaluate(model, many(), { batchSize: 4, concurrency: 2, onRecord: () => { done++; ahead = Math.max(ahead, pulled - done); } });
+      const summary = await evaluate(model, many(), {
+        batchSize: 4, concurrency: 2,
+        onRead: (id) => { read++; ids.push(id); },
+        onRecord: (r) => { done++; ahead = Math.max(ahead, pulled - done); readAhead = Math.max(readAhead, read - done); assert.equal(r.id, ids[done - 1]); },
+      });
       assert.equal(summary.images, 60);
+      // onRead (progress's images under way) sees each entry once, in order, before its record: a batch's worth and more ahead.
+      assert.equal(read, 60);
+      assert.ok(readAhead > 4, `read only ${readAhead} ahead of the records`);
       // decoding (2) + a batch being filled (4) + two batches in flight (8) + the batch going out (4)
       assert.ok(ahead <= 19, `${ahead} images held at once`);
     });
@@ -272,6 +280,7 @@ describe('eval', () => {
         [root, { batchSize: 0 }, /a positive integer for options.batchSize/],
         [root, { preset: 'keras' }, /options.preset/],
         [root, { onRecord: 'print' }, /a function for options.onRecord/],
+        [root, { onRead: true }, /a function for options.onRead/],
         [root, { top: 1 }, /Unknown option options.top/],
         [path.join(root, 'loose.jpg'), {}, /expected a folder of class folders, or a .csv, .tsv or .txt list/],
         [path.join(root, 'n99999999'), {}, /has no class folders/],

@@ -79,6 +79,7 @@ async function evalImages(input: string, flags: EvalFlags): Promise<void> {
     const summary = await evaluate(model, input, {
       ...options,
       preset: flags.preset,
+      onRead: () => progress!.begin(),
       onRecord: (record) => {
         progress!.tick(record.skipped !== undefined);
         out?.write(`${JSON.stringify(outLine(record))}\n`);

@@ -13,6 +13,11 @@ export interface EvalOptions extends ProtocolOptions {
   concurrency?: number;
   /** Called with every image's record in input order, and awaited (a slow writer slows the run, not memory). */
   onRecord?: (record: EvalRecord) => void | Promise<void>;
+  /**
+   * Called as each entry is read into the pipeline, before it is decoded (progress: the center
+   * protocol's records come a batch at a time, the entries under way one by one).
+   */
+  onRead?: (id: string) => void;
 }
 
 /** How many classes a prediction lists: top-5 error is the paper's second measure. */
@@ -60,15 +65,17 @@ export interface EvalSummary {
  * option, an unreadable list or folder, or a failed run throws.
  */
 export async function evaluate(model: Runner, source: LabeledSource, options?: EvalOptions): Promise<EvalSummary> {
-  const opts = checkOptions(options, 'options', ['protocol', 'scales', 'flip', 'batchSize', 'preset', 'concurrency', 'onRecord']);
+  const opts = checkOptions(options, 'options', ['protocol', 'scales', 'flip', 'batchSize', 'preset', 'concurrency', 'onRecord', 'onRead']);
   const settings = checkProtocolOptions(opts);
   const preset = checkOneOf(opts.preset ?? model.info.preset ?? 'torchvision', 'options.preset', PRESETS);
   const concurrency = checkInt(opts.concurrency ?? os.availableParallelism(), 'options.concurrency');
-  if (opts.onRecord !== undefined && typeof opts.onRecord !== 'function') throw argError('options.onRecord', 'a function', opts.onRecord);
+  for (const name of ['onRecord', 'onRead'] as const) {
+    if (opts[name] !== undefined && typeof opts[name] !== 'function') throw argError(`options.${name}`, 'a function', opts[name]);
+  }
   const set = await openLabeled(source, model.info.classes);
 
   const started = performance.now();
-  const decoded = mapAhead(set.items(), concurrency, (item) => decode(item, settings, preset));
+  const decoded = mapAhead(read(set.items(), opts.onRead), concurrency, (item) => decode(item, settings, preset));
   // The center protocol runs many images' crops at once; the others, each image's own inputs.
   const groups = batches(decoded, settings.protocol === 'center' ? settings.batchSize : 1);
   // Two groups in flight: the next one is queued on the native thread while this one's records go out.
@@ -101,6 +108,13 @@ export async function evaluate(model: Runner, source: LabeledSource, options?: E
 
 /** An item with its network inputs (one per scale), or its record when it will not be scored. */
 interface Decoded { item: LabeledItem; inputs?: Tensor[]; record?: EvalRecord }
+
+async function* read(items: AsyncGenerator<LabeledItem>, onRead: ((id: string) => void) | undefined): AsyncGenerator<LabeledItem> {
+  for await (const item of items) {
+    onRead?.(item.id);
+    yield item;
+  }
+}
 
 async function decode(item: LabeledItem, settings: ProtocolSettings, preset: Preset): Promise<Decoded> {
   const { id, label, index, problem } = item;
