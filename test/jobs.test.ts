@@ -223,6 +223,11 @@ describe('distributed jobs (BullMQ on a real redis-server)', function () {
     const slow = vgg([...workerArgs(), '--batch-delay-ms', '200'], {}, { asInstalled: true });
     procs.push(slow.proc);
     await until('a shard to run', async () => (await jobStatus(id, { redis: redis.url })).running > 0);
+    // A running shard reports its images as it goes (job wait's bar shows them under way), within its size.
+    await until('a running shard to report its images', async () => {
+      const s = await jobStatus(id, { redis: redis.url });
+      return s.imagesRunning > 0 && s.imagesRunning <= SHARD * s.running;
+    });
     slow.proc.kill('SIGTERM');
     const r = await slow.done;
     assert.equal(r.status, 0, r.stderr);

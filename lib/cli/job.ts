@@ -89,8 +89,8 @@ export function registerJob(program: Command): void {
     .addOption(redisOption());
   progressOptions(wait).action(async (id: string, f: ProgressFlags & { intervalMs: number; redis: string }) => {
     let s = await jobStatus(id, { redis: f.redis });
-    // Done counted in images, which move steadily where shards come in steps; failed in shards, and
-    // named so: the status knows which shards failed, not which of their images.
+    // Done counted in images of finished shards, with those the running shards report as under way;
+    // failed in shards, and named so: the status knows which shards failed, not which of their images.
     const progress = new Progress('vgg job', { total: s.images, done: s.imagesDone, failed: s.failed, failedUnit: SHARDS, quiet: f.quiet });
     while (!s.finished) {
       await new Promise((r) => setTimeout(r, f.intervalMs));
@@ -101,7 +101,7 @@ export function registerJob(program: Command): void {
         if (e instanceof VggError && e.code === 'E_JOB_LOST') throw e;
         if (!f.quiet) process.stderr.write(`vgg job: ${(e as Error).message}; retrying\n`);
       }
-      progress.set(s.imagesDone, s.failed);
+      progress.set(s.imagesDone, s.failed, s.imagesRunning);
     }
     progress.stop();
     for (const x of s.failures) process.stderr.write(`vgg job: shard ${x.index} failed after ${x.attempts} attempts: ${x.error}\n`);
@@ -127,7 +127,7 @@ export function registerJob(program: Command): void {
 function statusText(s: JobStatus): string {
   const eta = s.etaSeconds === undefined ? '?' : `${Math.round(s.etaSeconds)} s`;
   let text = `job       ${s.id}\nout       ${s.out}\nshards    ${s.shards}: ${s.done} done, ${s.failed} failed, ${s.running} running, ${s.waiting} waiting\n`
-    + `images    ${s.imagesDone}/${s.images}\nrate      ${s.imagesPerSecond.toFixed(1)} images/s\nETA       ${s.finished ? 'finished' : eta}\n`;
+    + `images    ${s.imagesDone}/${s.images}${s.imagesRunning ? ` (+${s.imagesRunning} in running shards)` : ''}\nrate      ${s.imagesPerSecond.toFixed(1)} images/s\nETA       ${s.finished ? 'finished' : eta}\n`;
   for (const x of s.failures) text += `failed    shard ${x.index} after ${x.attempts} attempts: ${x.error}\n`;
   return text;
 }

@@ -107,9 +107,10 @@ export class Progress {
     this.#redraw();
   }
 
-  /** Where the work stands now (job wait and fetch learn totals, not steps). */
-  set(done: number, failed = this.failed): void {
+  /** Where the work stands now (job wait and fetch learn totals, not steps), and what is under way besides. */
+  set(done: number, failed = this.failed, underWay?: number): void {
     [this.done, this.failed] = [done, failed];
+    if (underWay !== undefined) this.#begun = done + underWay;
     if (this.#quiet) return;
     if (this.#bar) {
       this.#redraw();

@@ -12,6 +12,8 @@ export interface JobStatus {
   running: number;
   waiting: number;
   imagesDone: number;
+  /** Images extracted by the shards running, as their workers last reported (each second); redone if a worker dies. */
+  imagesRunning: number;
   imagesPerSecond: number;
   etaSeconds: number | undefined;
   failures: { index: number; attempts: number; error: string }[];
@@ -24,7 +26,7 @@ export function jobStatus(id: string, options: { redis?: string } = {}): Promise
     const spec = await getSpec(queue, id);
     const status: JobStatus = {
       id, out: spec.out, shards: spec.shards, images: spec.images, done: 0, failed: 0, running: 0, waiting: 0,
-      imagesDone: 0, imagesPerSecond: 0, etaSeconds: undefined, failures: [], finished: false,
+      imagesDone: 0, imagesRunning: 0, imagesPerSecond: 0, etaSeconds: undefined, failures: [], finished: false,
     };
     const countOf = (index: number) => Math.min(spec.shardSize, spec.images - index * spec.shardSize);
     for (let first = 0; first < spec.shards; first += 200) {
@@ -41,6 +43,8 @@ export function jobStatus(id: string, options: { redis?: string } = {}): Promise
           status.failures.push({ index, attempts: job?.attemptsMade ?? 0, error: job?.failedReason ?? 'unknown' });
         } else if (state === 'active') {
           status.running++;
+          const progress = (await queue.getJob(shardJobId(id, index)))?.progress;
+          if (typeof progress === 'number') status.imagesRunning += Math.min(progress, countOf(index));
         } else if (state === 'unknown') {
           // Shards are never removed (removeOnComplete: false): one that is gone was lost with Redis's data.
           throw jobLost(id, `nothing of shard ${index}`);

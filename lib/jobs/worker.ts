@@ -10,6 +10,9 @@ import type { ExtractRecord } from '../tasks';
 import { bullmq, connectionOf, QUEUE, SPEC_KEY, STARTED_KEY, type RawRedis } from './redis';
 import { shardErrors, shardFile, type JobSpec, type ShardData } from './spec';
 
+/** A running shard reports the images it has extracted at most this often. */
+const PROGRESS_MS = 1000;
+
 export interface WorkerOptions {
   redis?: string;
   concurrency?: number;
@@ -84,9 +87,20 @@ export function runWorker(options: WorkerOptions = {}): JobWorker {
     try {
       const journal = Journal.open(tmp, spec.outputs, {}, false);
       const records = model.extract(paths, { outputs: spec.outputs, batchSize: spec.batchSize, preprocess: spec.preprocess });
+      let extracted = 0;
+      let reportedAt = -Infinity;
       const count = await journalRecords(withIds(records, ids), journal, {
         batchSize: spec.batchSize,
-        ...(delayMs ? { afterBatch: () => new Promise<void>((r) => setTimeout(r, delayMs)) } : {}),
+        onRecord: () => { extracted++; },
+        afterBatch: async () => {
+          // How far the shard is, for jobStatus's imagesRunning: at most once a second, and never
+          // holding the shard up (a Redis that is restarting answers later, or not).
+          if (performance.now() - reportedAt >= PROGRESS_MS) {
+            reportedAt = performance.now();
+            job.updateProgress(extracted).catch(() => undefined);
+          }
+          if (delayMs) await new Promise<void>((r) => setTimeout(r, delayMs));
+        },
       });
       if (count !== ids.length) throw new VggError('E_ARG', `shard ${index}: ${count} records for ${ids.length} images`);
       writeJournal(journal, file, writeSafetensorsRows, shardErrors(spec.out, index), true);
