@@ -40,7 +40,7 @@ async function run(flags: CalibrateFlags): Promise<void> {
   let total = input?.shape[0] ?? 0;
   if (list) for await (const _ of list()) total++; // for the bar's end: the same listing calibrate() reads
   const progress = new Progress('vgg calibrate', { total, quiet: flags.quiet });
-  const calibration = await calibrate(flags.weights, input ?? list!(), {
+  const calibration = await calibrate(flags.weights, input ?? progress.beginEach(list!()), {
     batchSize: flags.batch, threads: flags.threads,
     preprocess: { preset: flags.preset, size: flags.size, crop: flags.crop },
     onProgress: (images) => progress.set(images),

@@ -126,7 +126,7 @@ async function extractInto(journal: Journal, model: Model, images: AsyncIterable
   process.once('SIGTERM', interrupted);
   try {
     const preprocess = { preset: flags.preset, size: flags.size, crop: flags.crop };
-    const records = model.extract(begun(images, progress), { outputs: flags.outputs, batchSize: flags.batch, preprocess });
+    const records = model.extract(progress.beginEach(images), { outputs: flags.outputs, batchSize: flags.batch, preprocess });
     return await journalRecords(records, journal, {
       batchSize: flags.batch, commitMs: COMMIT_MS, onRecord: (record) => progress.tick(record.error !== undefined),
       ...(flags.batchDelayMs ? { afterBatch: () => new Promise<void>((r) => setTimeout(r, flags.batchDelayMs)) } : {}),
@@ -134,17 +134,6 @@ async function extractInto(journal: Journal, model: Model, images: AsyncIterable
   } finally {
     stopListening();
     progress.stop();
-  }
-}
-
-/**
- * The images, each counted as begun when the pipeline reads it: the records of a batch come out
- * together, so the images under way are what the bar shows moving one by one.
- */
-async function* begun(images: AsyncIterable<string>, progress: Progress): AsyncGenerator<string> {
-  for await (const image of images) {
-    progress.begin();
-    yield image;
   }
 }
 

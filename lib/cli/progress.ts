@@ -107,6 +107,17 @@ export class Progress {
     this.#redraw();
   }
 
+  /**
+   * `items`, each counted as begun when it is read: the pipeline reads images one by one and
+   * gives their records a batch at a time, so these are what the bar shows moving.
+   */
+  async *beginEach<T>(items: AsyncIterable<T>): AsyncGenerator<T> {
+    for await (const item of items) {
+      this.begin();
+      yield item;
+    }
+  }
+
   /** Where the work stands now (job wait and fetch learn totals, not steps), and what is under way besides. */
   set(done: number, failed = this.failed, underWay?: number): void {
     [this.done, this.failed] = [done, failed];
