@@ -181,13 +181,25 @@ describe('vgg CLI', function () {
     const coffee = fixture('images/coffee.png');
     // Every command that prints on stdout, and every help.
     const printing = () => [
-      ['--help'], ['help', 'extract'], ...['run', 'info', 'convert', 'calibrate', 'pack', 'fetch', 'classify', 'extract', 'serve', 'job',
+      ['--help'], ['help', 'extract'], ...['run', 'info', 'convert', 'calibrate', 'pack', 'fetch', 'classify', 'extract', 'eval', 'serve', 'job',
         'job submit', 'job worker', 'job status', 'job wait', 'job merge'].map((c) => [...c.split(' '), '--help']),
       ['--version'], ['info', '--arch', 'vgg16'], ['info', '--arch', 'vgg16', '--json'],
       ['classify', ...Array(6).fill(coffee), '--weights', fixture('D.weights.safetensors'), '--threads', '2'],
       ['classify', ...Array(6).fill(coffee), '--weights', fixture('D.weights.safetensors'), '--threads', '2', '--json'],
       ['extract', coffee, '--weights', fixture('D.weights.safetensors'), '--threads', '2', '--out', path.join(tmp, 'epipe.jsonl'), '--json'],
+      ['eval', labeled(), '--weights', fixture('D.weights.safetensors'), '--threads', '2'],
+      ['calibrate', '--weights', fixture('D.weights.safetensors'), '--images', coffee, '--threads', '2', '--out', path.join(tmp, 'epipe.calib.json'), '--json'],
+      ['pack', '--weights', fixture('D.weights.safetensors'), '--batch', '1', '--threads', '2', '--out', path.join(tmp, 'epipe.packed'), '--json'],
     ];
+    /** Two class folders of one image each. */
+    const labeled = () => {
+      const root = path.join(tmp, 'labeled');
+      for (const c of ['0', '1']) {
+        fs.mkdirSync(path.join(root, c), { recursive: true });
+        fs.copyFileSync(coffee, path.join(root, c, 'coffee.png'));
+      }
+      return root;
+    };
 
     it('ends each command quietly with status 0, as ls | head does', async function () {
       this.timeout(120000);
