@@ -153,6 +153,7 @@ export class Progress {
    * in one turn, and a bar drawn after the first of them would show 1 of 32 done for a moment.
    */
   #redraw(): void {
+    if (!this.#bar) return; // no terminal: set() writes the lines
     this.#redrawing ??= setImmediate(() => {
       this.#redrawing = undefined;
       this.#bar?.update(this.done, this.#barPayload());
