@@ -71,7 +71,7 @@ async function evalImages(input: string, flags: EvalFlags): Promise<void> {
   process.once('SIGTERM', interrupted);
   let progress: Progress | undefined;
   try {
-    const set = await openLabeled(input, model.info.classes);
+    const set = await openLabeled(input, model.info.classes, model.info.classNames);
     let total = 0;
     for await (const _ of set.items()) total++;
     if (set.note) process.stderr.write(`vgg eval: ${set.note}\n`);

@@ -30,12 +30,15 @@ export interface ModelInfo {
   preset?: Preset;
   /** The kind of file the weights came from; absent for a bare preset. */
   container?: string;
+  /** The classes' names stored in the weights (`vgg train`'s); absent for ImageNet's and unnamed classes. */
+  classNames?: string[];
 }
 
 /** What `model.info` and `vgg info` say about an architecture. */
-export function archInfo(a: Arch, weights?: Pick<ModelWeights, 'naming' | 'preset' | 'container'>): ModelInfo {
+export function archInfo(a: Arch, weights?: Pick<ModelWeights, 'naming' | 'preset' | 'container' | 'classNames'>): ModelInfo {
   const info: ModelInfo = { arch: a.arch, batchNorm: a.batchNorm, cfg: a.cfg, fcHidden: a.fcHidden, classes: a.classes, params: countParams(a) };
   if (weights) Object.assign(info, { naming: weights.naming, preset: weights.preset, container: weights.container });
+  if (weights?.classNames) info.classNames = weights.classNames;
   return info;
 }
 

@@ -43,9 +43,12 @@ export interface LabeledSet {
 /** The first line of a list is a header when its path field is one of these. */
 const HEADER_FIELDS = ['path', 'file', 'filename', 'image', 'image_path', 'imageid', 'id'];
 
-/** Opens a labeled source for a model of `classes` classes; only a bad argument or an unreadable list or folder throws. */
-export async function openLabeled(source: LabeledSource, classes: number): Promise<LabeledSet> {
-  const labels = new Labels(classes);
+/**
+ * Opens a labeled source for a model of `classes` classes, named `names` where the weights name
+ * them (else classNames(classes)); only a bad argument or an unreadable list or folder throws.
+ */
+export async function openLabeled(source: LabeledSource, classes: number, names?: string[]): Promise<LabeledSet> {
+  const labels = new Labels(classes, names);
   if (typeof source !== 'string') {
     const iterable = typeof source === 'object' && source !== null && (Symbol.iterator in source || Symbol.asyncIterator in source);
     if (!iterable || Buffer.isBuffer(source)) throw argError('source', 'a folder or list path, or an (async) iterable of { image, label }', source);
@@ -62,17 +65,18 @@ export async function openLabeled(source: LabeledSource, classes: number): Promi
   return { labels: 'as listed', items: () => fromList(source, separator, labels) };
 }
 
-/** Label text to class index: an index, a synset id (1000-class models) or a class name. */
+/** Label text to class index: an index, a synset id (ImageNet's 1000 classes) or a class name. */
 class Labels {
   readonly count: number;
   #synsets = new Map<string, number>();
   /** Names that two classes share (ImageNet's two cranes, if a list names them alike) map to -1. */
   #names = new Map<string, number>();
 
-  constructor(count: number) {
+  /** `names`: the weights' own class names, which replace ImageNet's names and synset ids. */
+  constructor(count: number, names?: string[]) {
     this.count = count;
-    synsetIds(count)?.forEach((id, i) => this.#synsets.set(id, i));
-    classNames(count).forEach((name, i) => this.#names.set(name, this.#names.has(name) ? -1 : i));
+    if (!names) synsetIds(count)?.forEach((id, i) => this.#synsets.set(id, i));
+    (names ?? classNames(count)).forEach((name, i) => this.#names.set(name, this.#names.has(name) ? -1 : i));
   }
 
   /** A folder name: a synset id or a class name. */
@@ -83,11 +87,12 @@ class Labels {
     return index !== undefined && index >= 0 ? { index, kind: 'name' } : undefined;
   }
 
-  /** A list's label: also an index (0-based, the model's class order). */
+  /** A list's label: also an index (0-based, the model's class order) unless a class is named so. */
   index(label: string | number): number | undefined {
+    const named = typeof label === 'string' ? this.byName(label) : undefined;
+    if (named) return named.index;
     const n = typeof label === 'number' ? label : /^\d+$/.test(label) ? Number(label) : NaN;
-    if (Number.isSafeInteger(n)) return n < this.count && n >= 0 ? n : undefined;
-    return typeof label === 'string' ? this.byName(label)?.index : undefined;
+    return Number.isSafeInteger(n) && n < this.count && n >= 0 ? n : undefined;
   }
 }
 

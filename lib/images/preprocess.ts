@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import type Sharp from 'sharp';
-import { VggError, argError, checkInt, checkOneOf, checkOptions, isInt } from '../errors';
+import { VggError, argError, checkBoolean, checkInt, checkOneOf, checkOptions, isInt } from '../errors';
 import type { Tensor } from '../tensor';
 import { PRESETS, type Preset } from '../weights/layers';
 import { checkRegularFile } from '../files';
@@ -27,6 +27,13 @@ export interface PreprocessOptions {
   crop?: number | false;
   /** Images with more input pixels than this are refused (decompression bombs); 100e6 by default. */
   maxPixels?: number;
+  /**
+   * Where the crop sits, as fractions [x, y] of the room around it (0: left/top, 1: right/bottom):
+   * a training view's random crop. The center (torchvision's rounding) by default.
+   */
+  cropAt?: [number, number];
+  /** Mirror the result left to right (a training view's horizontal flip); false by default. */
+  flip?: boolean;
 }
 
 
@@ -61,7 +68,7 @@ export async function preprocess(image: string | Buffer, options?: PreprocessOpt
  */
 export async function preprocessSizes(image: string | Buffer, sizes: number[], options?: Omit<PreprocessOptions, 'size'>): Promise<Tensor[]> {
   if (!Array.isArray(sizes) || sizes.length === 0) throw argError('sizes', 'a non-empty array of sizes', sizes);
-  const opts = checkOptions(options, 'options', ['preset', 'crop', 'maxPixels']);
+  const opts = checkOptions(options, 'options', ['preset', 'crop', 'maxPixels', 'cropAt', 'flip']);
   const settings = sizes.map((size) => checkPreprocessOptions({ ...opts, size }));
   const decoded = await decode(image, settings[0].maxPixels);
   return Promise.all(settings.map((s) => rescale(image, decoded, s)));
@@ -70,7 +77,7 @@ export async function preprocessSizes(image: string | Buffer, sizes: number[], o
 type Decoded = Awaited<ReturnType<typeof decode>>;
 
 /** A decoded image resized, cropped and normalized as `settings` say. */
-async function rescale(image: string | Buffer, decoded: Decoded, { preset, size, crop, maxPixels }: Required<PreprocessOptions>): Promise<Tensor> {
+async function rescale(image: string | Buffer, decoded: Decoded, { preset, size, crop, maxPixels, cropAt, flip }: Settings): Promise<Tensor> {
   const { width, height } = decoded.info;
 
   // torchvision Resize(size): the shorter side becomes `size`, the longer one is truncated, not rounded.
@@ -79,8 +86,9 @@ async function rescale(image: string | Buffer, decoded: Decoded, { preset, size,
   if (w * h > maxPixels) throw new VggError('E_IMAGE', `image ${describeImage(image)} (${width}x${height}) resized to ${w}x${h} exceeds the pixel limit of ${maxPixels}`);
   // torchvision CenterCrop: offsets rounded (half to even, as Python's round()).
   const [cw, ch] = crop === false ? [w, h] : [crop, crop];
-  const left = roundHalfEven((w - cw) / 2);
-  const top = roundHalfEven((h - ch) / 2);
+  const [fx, fy] = cropAt ?? [0.5, 0.5];
+  const left = roundHalfEven((w - cw) * fx);
+  const top = roundHalfEven((h - ch) * fy);
 
   const raw = (data: Buffer, rawWidth: number, rawHeight: number) => sharp(data, { raw: { width: rawWidth, height: rawHeight, channels: 3 }, limitInputPixels: false });
   const resized = w > width || h > height
@@ -88,7 +96,14 @@ async function rescale(image: string | Buffer, decoded: Decoded, { preset, size,
     // The 'linear' kernel is the one that matches PIL's antialiased bilinear when shrinking (measured).
     : raw(decoded.data, width, height).resize(w, h, { kernel: 'linear', fit: 'fill' });
   const pixels = await resized.extract({ left, top, width: cw, height: ch }).raw().toBuffer();
-  return { data: normalize(pixels, NORMALIZATION[preset]), shape: [1, 3, ch, cw] };
+  const data = normalize(pixels, NORMALIZATION[preset]);
+  if (flip) mirrorRows(data, cw);
+  return { data, shape: [1, 3, ch, cw] };
+}
+
+/** Reverses every row of `width` values in place: a planar image mirrored left to right. */
+function mirrorRows(data: Float32Array, width: number): void {
+  for (let at = 0; at < data.length; at += width) data.subarray(at, at + width).reverse();
 }
 
 /**
@@ -112,9 +127,11 @@ async function enlarge(decoded: Decoded, w: number, h: number): Promise<[Buffer,
   return [data, info.width, info.height];
 }
 
+type Settings = Required<Omit<PreprocessOptions, 'cropAt'>> & Pick<PreprocessOptions, 'cropAt'>;
+
 /** Options with defaults filled in; every value checked, unknown keys refused. */
-function checkPreprocessOptions(options: PreprocessOptions | undefined): Required<PreprocessOptions> {
-  const opts = checkOptions(options, 'options', ['preset', 'size', 'crop', 'maxPixels']);
+function checkPreprocessOptions(options: PreprocessOptions | undefined): Settings {
+  const opts = checkOptions(options, 'options', ['preset', 'size', 'crop', 'maxPixels', 'cropAt', 'flip']);
   const preset = checkOneOf(opts.preset ?? 'torchvision', 'options.preset', PRESETS);
   const size = checkInt(opts.size ?? 256, 'options.size');
   const crop = opts.crop ?? 224;
@@ -122,7 +139,12 @@ function checkPreprocessOptions(options: PreprocessOptions | undefined): Require
   // torchvision would pad a crop larger than the image with zeros; a network input of mostly padding is a mistake.
   if (crop !== false && crop > size) throw new VggError('E_ARG', `Expected options.crop (${crop}) to be at most options.size (${size})`);
   const maxPixels = checkInt(opts.maxPixels ?? 100e6, 'options.maxPixels');
-  return { preset, size, crop, maxPixels };
+  const { cropAt } = opts;
+  if (cropAt !== undefined && !(Array.isArray(cropAt) && cropAt.length === 2 && cropAt.every((f) => typeof f === 'number' && f >= 0 && f <= 1))) {
+    throw argError('options.cropAt', 'two fractions [x, y] from 0 to 1', cropAt);
+  }
+  const flip = checkBoolean(opts.flip ?? false, 'options.flip');
+  return { preset, size, crop, maxPixels, cropAt, flip };
 }
 
 /**

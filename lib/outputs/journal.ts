@@ -135,10 +135,19 @@ export class Journal implements RowSource {
   }
 
   *ids(): Generator<string> {
+    for (const { ids } of this.rowFiles(this.blobs[0])) yield* ids;
+  }
+
+  /**
+   * Each committed chunk that has rows: its data file of `blob` and the ids of its rows, in input
+   * order. What reads rows at random (training's batches) needs: row i of the file is at 4 * i * size.
+   */
+  *rowFiles(blob: string): Generator<{ file: string; ids: string[] }> {
     for (const chunk of this.#chunks) {
+      if (!chunk.rows) continue;
       const { ids, errors } = this.#index(chunk);
       const failed = new Set(errors.map((e) => e.at));
-      for (const [at, id] of ids.entries()) if (!failed.has(at)) yield id;
+      yield { file: this.#dataFile(chunk.name, blob), ids: ids.filter((_, at) => !failed.has(at)) };
     }
   }
 

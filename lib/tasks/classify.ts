@@ -29,7 +29,7 @@ export async function classify(model: Runner, image: string | Buffer, options?: 
   const { top, preset, maxPixels, settings } = checkClassifyOptions(options);
   const scaled = await preprocessSizes(image, settings.scales, { preset: preset ?? model.info.preset, maxPixels, crop: cropFor(settings.protocol) });
   const prob = await posterior(model, scaled, settings);
-  const labels = classNames(model.info.classes);
+  const labels = model.info.classNames ?? classNames(model.info.classes);
   return topClasses(prob, top).map((index) => ({ label: labels[index], index, prob: prob[index] }));
 }
 

@@ -72,7 +72,7 @@ export async function evaluate(model: Runner, source: LabeledSource, options?: E
   for (const name of ['onRecord', 'onRead'] as const) {
     if (opts[name] !== undefined && typeof opts[name] !== 'function') throw argError(`options.${name}`, 'a function', opts[name]);
   }
-  const set = await openLabeled(source, model.info.classes);
+  const set = await openLabeled(source, model.info.classes, model.info.classNames);
 
   const started = performance.now();
   const decoded = mapAhead(read(set.items(), opts.onRead), concurrency, (item) => decode(item, settings, preset));

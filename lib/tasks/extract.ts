@@ -7,7 +7,9 @@ import { batches, mapAhead } from './pipeline';
 
 /** An image: a file path, or the bytes of an encoded image (JPEG, PNG, WebP, ...). */
 export type ImageInput = string | Buffer;
-export type ExtractSource = ImageInput | Iterable<ImageInput> | AsyncIterable<ImageInput>;
+/** An image with preprocessing of its own over the extraction's (a training view: scale, crop, flip), under its own id. */
+export interface ImageView { id: string; image: ImageInput; preprocess: PreprocessOptions }
+export type ExtractSource = ImageInput | Iterable<ImageInput | ImageView> | AsyncIterable<ImageInput | ImageView>;
 
 export interface ExtractOptions {
   /** Blobs to return for every image; ['fc7'] by default. */
@@ -74,28 +76,31 @@ export function extract(model: Runner, source: ExtractSource, options?: ExtractO
   })();
 }
 
-/** A source item: an image, or (not a path or a Buffer) the E_ARG error that is its record. */
-interface Item { id: string; image?: ImageInput; error?: VggError }
+/** A source item: an image (a view's with its preprocessing), or (not an image) the E_ARG error that is its record. */
+interface Item { id: string; image?: ImageInput; preprocess?: PreprocessOptions; error?: VggError }
 interface Decoded { id: string; tensor?: Tensor; error?: VggError }
 
 const isImage = (v: unknown): v is ImageInput => (typeof v === 'string' && v.length > 0) || Buffer.isBuffer(v);
+const isView = (v: unknown): v is ImageView => typeof v === 'object' && v !== null && !Buffer.isBuffer(v)
+  && typeof (v as ImageView).id === 'string' && isImage((v as ImageView).image) && typeof (v as ImageView).preprocess === 'object';
 const isIterable = (v: unknown): v is Iterable<unknown> | AsyncIterable<unknown> =>
   typeof v === 'object' && v !== null && (Symbol.iterator in v || Symbol.asyncIterator in v);
 
 /** The source's images with their ids; a single path or Buffer is a source of one. */
 async function* images(source: ExtractSource): AsyncGenerator<Item> {
   let index = 0;
-  for await (const image of isImage(source) ? [source] : source) {
+  for await (const image of isImage(source) ? [source] : source as AsyncIterable<unknown>) {
     if (isImage(image)) yield { id: typeof image === 'string' ? image : `buffer:${index}`, image };
-    else yield { id: `item:${index}`, error: argError(`source item ${index}`, 'an image path or a Buffer', image) };
+    else if (isView(image)) yield image;
+    else yield { id: `item:${index}`, error: argError(`source item ${index}`, 'an image path, a Buffer or a view { id, image, preprocess }', image) };
     index++;
   }
 }
 
-async function decode({ id, image, error }: Item, options: PreprocessOptions | undefined): Promise<Decoded> {
+async function decode({ id, image, preprocess: own, error }: Item, options: PreprocessOptions): Promise<Decoded> {
   if (error) return { id, error };
   try {
-    return { id, tensor: await preprocess(image!, options) };
+    return { id, tensor: await preprocess(image!, own ? { ...options, ...own } : options) };
   } catch (e) {
     // An unreadable or undecodable image is that image's problem; a bad option or a bug is everyone's.
     if (e instanceof VggError && (e.code === 'E_IMAGE' || e.code === 'E_IO')) return { id, error: e };

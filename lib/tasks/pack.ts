@@ -54,7 +54,7 @@ export async function packWeights(file: string, out: string, options?: PackOptio
     const header: Omit<PackedHeader, 'tensors'> = {
       format: 'vggnet-packed', version: 2, onednn: onednn!, isa: isa!, precision: model.precision, winograd: model.winograd,
       arch: { arch: weights.arch.arch, batchNorm: weights.arch.batchNorm, cfg: weights.arch.cfg, fcHidden: weights.arch.fcHidden, classes: weights.arch.classes },
-      naming: weights.naming, preset: weights.preset, shapes, ...(model.calibration ? { calibration: model.calibration } : {}),
+      naming: weights.naming, preset: weights.preset, shapes, ...(weights.classNames ? { classNames: weights.classNames } : {}), ...(model.calibration ? { calibration: model.calibration } : {}),
     };
     const bytesOf = (a: Float32Array) => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
     const biases = [...weights.convs, ...weights.fc].map((p) => p.bias);

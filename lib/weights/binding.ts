@@ -21,6 +21,8 @@ export interface BoundWeights {
   fc: [Param, Param, Param] | [];
   /** The preprocessing the weights expect: `vgg.preset` in the metadata, else torchvision's. */
   preset: Preset;
+  /** The classes' names (`vgg.class_names`, a JSON list, as `vgg train` writes); absent when the file has none. */
+  classNames?: string[];
 }
 
 /** Tensors already in memory (converted from another container), bound like a safetensors file. */
@@ -92,7 +94,20 @@ export function bindWeights(file: SafetensorsFile | TensorSet): BoundWeights {
     return foldBatchNorm(weight, bias, bn('weight'), bn('bias'), bn('running_mean'), bn('running_var'));
   });
   const fc = hasClassifier(arch) ? FC_KEYS[naming].map((k) => ({ weight: read(`${k}.weight`), bias: read(`${k}.bias`) })) as [Param, Param, Param] : [] as [];
-  return { arch, naming, convs, fc, preset: preset as Preset };
+  const classNames = readClassNames(file, arch.classes);
+  return { arch, naming, convs, fc, preset: preset as Preset, ...(classNames ? { classNames } : {}) };
+}
+
+/** `vgg.class_names`: a JSON list of one distinct, non-empty name per class. */
+function readClassNames(file: { source: string; metadata: Record<string, string> }, classes: number): string[] | undefined {
+  const text = file.metadata['vgg.class_names'];
+  if (text === undefined) return undefined;
+  let names: unknown;
+  try { names = JSON.parse(text); } catch { names = undefined; }
+  const ok = Array.isArray(names) && names.length === classes && names.every((n) => typeof n === 'string' && n.length > 0)
+    && new Set(names).size === names.length;
+  if (!ok) throw new VggError('E_WEIGHTS_FORMAT', `${file.source}: __metadata__ vgg.class_names is not a JSON list of ${classes} distinct class names (one per class of fc8)`);
+  return names as string[];
 }
 
 /**

@@ -23,6 +23,8 @@ export interface ModelWeights {
   preset: Preset;
   /** What the file was: 'safetensors', 'packed', 'Caffe V1 caffemodel', 'Keras HDF5', 'ONNX model'... */
   container: string;
+  /** The classes' names, where the file has them (weights from `vgg train`). */
+  classNames?: string[];
 }
 
 /**
@@ -55,7 +57,8 @@ export async function openWeights(file: string, options: { verify?: boolean } = 
     const layer = (i: number) => ({ weight: null, bias: packed.biases[i] });
     const convs = featureLayers(arch).filter((l) => l.kind === 'conv').map((_, i) => layer(i));
     const fc: ModelWeights['fc'] = hasClassifier(arch) ? [layer(convs.length), layer(convs.length + 1), layer(convs.length + 2)] : [];
-    return { arch, naming, convs, fc, packed, preset: packed.header.preset ?? 'torchvision', container: 'packed' };
+    const { preset = 'torchvision', classNames } = packed.header;
+    return { arch, naming, convs, fc, packed, preset, container: 'packed', ...(classNames ? { classNames } : {}) };
   }
   const converted = await readContainer(file, bytes);
   if (converted) return { ...bindWeights({ source: file, ...converted }), container: converted.container };

@@ -49,6 +49,8 @@ export interface PackedHeader {
   naming: Naming;
   /** The preprocessing the weights expect (absent in files packed before it was recorded: torchvision). */
   preset?: Preset;
+  /** The classes' names, where the weights packed had them. */
+  classNames?: string[];
   /** The [n, h, w, head] the layouts were chosen for. */
   shapes: [number, number, number, 'fixed' | 'dense'][];
   calibration?: Calibration;
@@ -84,6 +86,9 @@ const sameDims = (a: number[], b: number[]) => a.length === b.length && a.every(
 function checkHeaderFields(h: PackedHeader): string | undefined {
   if (h.naming !== 'torchvision' && h.naming !== 'timm') return `naming ${JSON.stringify(h.naming)}`;
   if (h.preset !== undefined && !PRESETS.includes(h.preset)) return `preset ${JSON.stringify(h.preset)}`;
+  if (h.classNames !== undefined && !(Array.isArray(h.classNames) && h.classNames.length === h.arch.classes && h.classNames.every((n) => typeof n === 'string'))) {
+    return 'classNames';
+  }
   const shapeOk = (s: unknown) => Array.isArray(s) && s.length === 4 && s.slice(0, 3).every((v) => Number.isSafeInteger(v) && v > 0) && (s[3] === 'fixed' || s[3] === 'dense');
   if (!Array.isArray(h.shapes) || !h.shapes.every(shapeOk)) return 'shapes';
   return undefined;
