@@ -13,6 +13,7 @@ import { registerJob } from './job';
 import { registerPack } from './pack';
 import { registerRun } from './run';
 import { registerServe } from './serve';
+import { registerTrain } from './train';
 
 // package.json sits three levels above this file once compiled to dist/lib/cli/.
 const { version } = JSON.parse(fs.readFileSync(path.resolve(__dirname, '../../../package.json'), 'utf8')) as { version: string };
@@ -36,6 +37,7 @@ export function buildProgram(): Command {
   registerClassify(program);
   registerExtract(program);
   registerEval(program);
+  registerTrain(program);
   registerServe(program);
   registerJob(program);
   applyHelpConventions(program);

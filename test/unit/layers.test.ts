@@ -16,7 +16,7 @@ const LAYERS: [RegExp, number][] = [
   [/^tasks\//, 5],
   [/^outputs\//, 6],
   [/^model\.ts$/, 7],
-  [/^(serve|jobs)\//, 8],
+  [/^(serve|jobs|train)\//, 8],
   [/^cli\//, 9],
   [/^index\.ts$/, 10],
 ];
