@@ -52,9 +52,9 @@ export async function trainClassifier(weights: string, source: LabeledSource, op
   const classifier = initialClassifier(opened, o.layers, dataset.classes.length, o.seed, o.fcHidden, weights);
   const blob = INPUT_BLOB[o.layers];
 
-  // Validation images need only their plain view; when they come from the split they share the training images' list.
-  const views = [...imageViews(train.concat(o.valSource !== undefined ? [] : val), o.augment, o.views, o.seed),
-    ...(o.valSource !== undefined ? imageViews(val, [], 1, o.seed) : [])];
+  // Every image of the set in input order, so that another split (--val, --seed) finds its features in the same cache;
+  // validation images of their own need only their plain view.
+  const views = [...imageViews(dataset.examples, o.augment, o.views, o.seed), ...(o.valSource !== undefined ? imageViews(val, [], 1, o.seed) : [])];
   const journal = await openCache(o.cache, {
     weights, blob, preset: opened.preset, views, engine: { precision: o.load?.precision ?? 'fp32', winograd: o.load?.winograd ?? false },
   });
