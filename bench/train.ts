@@ -1,8 +1,10 @@
-// Training speed (issue 17): epochs of fc8 alone and of fc6-fc8 on cached VGG16 features at
-// batch 64, vggnet's FcTrainer against PyTorch (Debian's python3-torch, CPU, same threads)
-// doing the same epochs on the same features, rounds alternated, medians.
+// Training speed (issue 17): vgg train's feature caching (images/s through VGG16's conv layers
+// into the cache) against vgg extract's pipeline on the same images; then epochs of fc8 alone
+// and of fc6-fc8 on cached VGG16 features at batch 64, vggnet's FcTrainer against PyTorch
+// (Debian's python3-torch, CPU, same threads) doing the same epochs on the same features,
+// rounds alternated, medians.
 //
-// usage: npm run bench:train [-- --rows 256 --batch 64 --rounds 3 --epochs 1 --threads N]
+// usage: npm run bench:train [-- --rows 256 --batch 64 --rounds 3 --epochs 1 --threads N --images 32]
 // The features are seeded random values (the figures do not depend on them): pool5 [rows, 25088]
 // for fc6-fc8 and fc7 [rows, 4096] for fc8 alone, 1000 classes. Both sides use dropout 0.5
 // (on fc8's fc7 input too, as VGG has), SGD with momentum 0.9 and weight decay 5e-4.
@@ -12,6 +14,9 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
 import { FcTrainer, type FcLayerInit } from '../lib/engine';
+import { loadModel } from '../lib/model';
+import { defaultWeights } from '../lib/weights';
+import { fillCache, imageViews, openCache } from '../lib/train/features';
 import { native } from '../lib/native';
 import { mulberry32 } from '../lib/weights/random';
 
@@ -53,9 +58,41 @@ async function startTorch(config: { threads: number } & Record<string, unknown>)
   };
 }
 
+/**
+ * vgg train's first pass (the samples, repeated to `count` images, through VGG16 into a fresh
+ * feature cache of fc7) and extract's pipeline on the same images, alternated: images/s each.
+ */
+async function caching(count: number, rounds: number, threads: number): Promise<[number[], number[]]> {
+  const samples = path.resolve(__dirname, '../../samples');
+  const photos = fs.readdirSync(samples).filter((f) => /\.(jpe?g|png)$/i.test(f)).map((f) => path.join(samples, f));
+  const examples = Array.from({ length: count }, (_, i) => ({ image: photos[i % photos.length], id: `${i}:${photos[i % photos.length]}`, label: 0 }));
+  const weights = await defaultWeights();
+  const model = await loadModel(weights, { threads });
+  const cached: number[] = [], extracted: number[] = [];
+  try {
+    for await (const _ of model.extract(photos, { outputs: ['fc7'] })); // compile the primitives for both
+    for (let r = 0; r < rounds; r++) {
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vggnet-bench-cache-'));
+      const views = imageViews(examples, [], 1, 0);
+      let t = performance.now();
+      await fillCache(await openCache(dir, { weights, blob: 'fc7', preset: 'torchvision', engine: {}, views }), model, views, 'fc7', {});
+      cached.push((count * 1000) / (performance.now() - t));
+      fs.rmSync(dir, { recursive: true, force: true });
+      t = performance.now();
+      for await (const _ of model.extract(examples.map((e) => e.image), { outputs: ['fc7'] }));
+      extracted.push((count * 1000) / (performance.now() - t));
+    }
+  } finally {
+    await model.dispose();
+  }
+  return [cached, extracted];
+}
+
 async function main(): Promise<void> {
   const rows = flag('rows', 256), batch = flag('batch', 64), rounds = flag('rounds', 3), epochs = flag('epochs', 1);
   const threads = flag('threads', os.availableParallelism());
+  const [cached, extracted] = await caching(flag('images', 32), rounds, threads);
+  console.error(`feature caching: ${cached.map((v) => v.toFixed(1)).join(', ')}; extract ${extracted.map((v) => v.toFixed(1)).join(', ')} images/s`);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vggnet-bench-train-'));
   const pool5 = randoms(rows * 25088, 1, 2).map(Math.abs), fc7 = randoms(rows * 4096, 2, 2).map(Math.abs);
   const labels = Int32Array.from({ length: rows }, (_, i) => (i * 7919) % CLASSES);
@@ -72,8 +109,9 @@ async function main(): Promise<void> {
       layers: [linear(4096, 25088, 4), linear(4096, 4096, 5), linear(CLASSES, 4096, 6)], inputDropout: false,
     },
   ];
-  const table: string[][] = [];
-  // Feature caching (vgg train's first pass, about extract's speed) gets its row here, first.
+  // The caching row's peer is vgg extract's pipeline on the same images (PyTorch does not take part in it).
+  const table: string[][] = [[`feature caching (vgg train's first pass: VGG16 to fc7, ${flag('images', 32)} images, journaled)`,
+    median(cached).toFixed(1), `vgg extract: ${median(extracted).toFixed(1)}`, `${(median(cached) / median(extracted)).toFixed(2)}x extract`]];
   for (const c of configs) {
     const trainer = await FcTrainer.create({ layers: c.layers, learningRate: 0.01, inputDropout: c.inputDropout, threads });
     const batches: [Float32Array, Int32Array][] = [];

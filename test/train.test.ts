@@ -6,6 +6,7 @@ import sharp from 'sharp';
 import { loadModel } from '../lib/model';
 import { trainClassifier, type TrainOptions, type TrainSummary } from '../lib/train';
 import { preprocess } from '../lib/images/preprocess';
+import { packWeights } from '../lib/tasks/pack';
 import { VggError } from '../lib/errors';
 import { fixture, prng, readTensors, repack, tmpDir, writeTemp } from './helpers';
 
@@ -145,6 +146,14 @@ describe('train', function () {
       assert.equal((await model.classify(images.vertical[0], { top: 1 }))[0].label, 'vertical');
     } finally {
       await model.dispose();
+    }
+    const packed = path.join(dir, 'birds.packed');
+    await packWeights(out, packed, { shapes: [[1, 224, 224, 'fixed']], threads: 2 });
+    const fromPacked = await loadModel(packed, { threads: 2 });
+    try {
+      assert.deepEqual(fromPacked.info.classNames, CLASSES, 'vgg pack keeps the class names');
+    } finally {
+      await fromPacked.dispose();
     }
     const classified = vgg(['classify', images.red[3], '--weights', out, '--top', '4', '--threads', '2']);
     assert.equal(classified.status, 0, classified.stderr);
