@@ -51,6 +51,7 @@ function text(d: ModelInfo, flags: InfoFlags, macs: number, layers: LayerRow[]):
     ['parameters', thousands(d.params)],
     ['MACs', `${(macs / 1e9).toFixed(2)} GMAC at ${h}x${w}`],
     ...(flags.weights !== undefined ? [['weights', `${flags.weights} (${d.container}, ${d.naming} names)`], ['preset', `${d.preset} preprocessing`]] : []),
+    ...(d.classNames ? [['classes', d.classNames.join(', ')]] : []),
   ];
   const rows = layers.map((r) => [
     r.name, r.type, r.kernel, String(r.stride), String(r.padding), r.shape.join('x'), r.params ? thousands(r.params) : '-',
