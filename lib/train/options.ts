@@ -103,7 +103,7 @@ export function checkTrainOptions(options: TrainOptions): TrainSettings {
     out: o.out,
     layers: checkOneOf(o.layers ?? 'fc8', 'options.layers', TRAIN_LAYERS),
     epochs: checkInt(o.epochs ?? 30, 'options.epochs', { max: 10000 }),
-    batchSize: checkInt(o.batchSize ?? 64, 'options.batchSize', { max: 65536 }),
+    batchSize: checkInt(o.batchSize ?? 64, 'options.batchSize', { max: 4096 }), // the trainer's bound on rows a step
     learningRate: checkNumber(o.learningRate ?? 0.01, 'options.learningRate', 0, 10),
     momentum: checkNumber(o.momentum ?? 0.9, 'options.momentum', 0, 1),
     weightDecay: checkNumber(o.weightDecay ?? 5e-4, 'options.weightDecay', 0, 1),
