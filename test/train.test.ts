@@ -206,6 +206,24 @@ describe('train', function () {
     assert.notDeepEqual(corner.data, far.data);
   });
 
+  it('validates on images of their own with --val-dir, whose classes must be the training images\'', async () => {
+    const list = path.join(dir, 'train.csv');
+    fs.writeFileSync(list, CLASSES.flatMap((c) => images[c].slice(0, 5).map((f) => `${f},${c}`)).join('\n'));
+    const valDir = path.join(dir, 'val');
+    for (const c of CLASSES) {
+      fs.mkdirSync(path.join(valDir, c), { recursive: true });
+      for (const f of images[c].slice(30, 32)) fs.copyFileSync(f, path.join(valDir, c, path.basename(f)));
+    }
+    const summary = await trainClassifier(WEIGHTS, list, { out: path.join(dir, 'valdir.safetensors'), ...quick, epochs: 2, valSource: valDir });
+    assert.deepEqual(summary.images, { train: 20, val: 8 });
+    assert.equal(summary.cache.computed, 28);
+    assert.deepEqual(summary.validation.map((v) => v.image), CLASSES.flatMap((c) => images[c].slice(30, 32).map((f) => path.join(valDir, c, path.basename(f)))));
+    fs.mkdirSync(path.join(valDir, 'green'));
+    fs.copyFileSync(images.red[0], path.join(valDir, 'green', 'x.png'));
+    await rejects(trainClassifier(WEIGHTS, list, { out: path.join(dir, 'valdir.safetensors'), valSource: valDir }), 'E_ARG',
+      /the validation images: .*green\/x\.png is of class "green", which the training images do not have \(blue, horizontal, red, vertical\)/);
+  });
+
   it('trains new fc6 and fc7 on pool5 for weights without them (--fc-hidden), and refuses other layers there', async () => {
     const notop = writeTemp(repack(WEIGHTS, (tensors, meta) => {
       for (const name of [...tensors.keys()]) if (name.startsWith('classifier.')) tensors.delete(name);
