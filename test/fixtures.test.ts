@@ -46,6 +46,13 @@ describe('fixtures: every case against PyTorch float64', () => {
         assertClose(out.fc8, io['256x320.torchvision.fc8'], 'fc8');
       });
 
+      it('dense head at 224x224: a 1x1 score map, the same scores as the fixed head', async () => {
+        const out = await model.run(x224, { outputs: ['fc8_map', 'fc8', 'prob'], head: 'dense' });
+        assert.deepEqual(out.fc8_map.shape.slice(2), [1, 1]);
+        assertClose(out.fc8, io['224.fc8'], 'fc8');
+        assertClose(out.prob, io['224.prob'], 'prob');
+      });
+
       it('dense head at 256x320: score map, averaged scores, posteriors, flip', async () => {
         const out = await model.run(x256, { outputs: ['fc8_map', 'fc8', 'prob'], head: 'dense' });
         assertClose(out.fc8_map, io['256x320.dense.scoremap'], 'fc8_map');

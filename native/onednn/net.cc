@@ -221,7 +221,12 @@ void Net::innerProduct(const Layer& layer) {
 // Dense head: the class score map averaged over space, as [N, classes, 1, 1] in NCHW.
 void Net::meanOverSpace() {
   const memory::dims d = cur_.get_desc().dims();
-  dnnl::reduction::desc desc(algorithm::reduction_mean, cur_.get_desc(), {{d[0], d[1], 1, 1}, dt::f32, tag::nchw}, 0.f, 0.f);
+  const memory::desc mean_md({d[0], d[1], 1, 1}, dt::f32, tag::nchw);
+  if (d[2] == 1 && d[3] == 1) {  // a 224x224 input: nothing to average, and oneDNN refuses a reduction that reduces nothing
+    relayout(mean_md, cur_slot_ == kPing ? kPong : kPing);
+    return;
+  }
+  dnnl::reduction::desc desc(algorithm::reduction_mean, cur_.get_desc(), mean_md, 0.f, 0.f);
   dnnl::reduction::primitive_desc pd(desc, attr(false), engine_);
   memory src = cur_;
   memory dst = next(pd.dst_desc(), 1.f);
