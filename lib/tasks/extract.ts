@@ -1,7 +1,7 @@
 import * as os from 'node:os';
 import { VggError, argError, checkInt, checkOneOf, checkOptions } from '../errors';
 import type { Outputs, Runner } from '../engine';
-import { preprocess, type PreprocessOptions } from '../images/preprocess';
+import { normalizeInto, preprocessPixels, type Pixels, type PreprocessOptions } from '../images/preprocess';
 import type { Tensor } from '../tensor';
 import { batches, mapAhead } from './pipeline';
 
@@ -78,7 +78,7 @@ export function extract(model: Runner, source: ExtractSource, options?: ExtractO
 
 /** A source item: an image (a view's with its preprocessing), or (not an image) the E_ARG error that is its record. */
 interface Item { id: string; image?: ImageInput; preprocess?: PreprocessOptions; error?: VggError }
-interface Decoded { id: string; tensor?: Tensor; error?: VggError }
+interface Decoded { id: string; pixels?: Pixels; error?: VggError }
 
 const isImage = (v: unknown): v is ImageInput => (typeof v === 'string' && v.length > 0) || Buffer.isBuffer(v);
 const isView = (v: unknown): v is ImageView => typeof v === 'object' && v !== null && !Buffer.isBuffer(v)
@@ -100,7 +100,7 @@ async function* images(source: ExtractSource): AsyncGenerator<Item> {
 async function decode({ id, image, preprocess: own, error }: Item, options: PreprocessOptions): Promise<Decoded> {
   if (error) return { id, error };
   try {
-    return { id, tensor: await preprocess(image!, own ? { ...options, ...own } : options) };
+    return { id, pixels: await preprocessPixels(image!, own ? { ...options, ...own } : options) };
   } catch (e) {
     // An unreadable or undecodable image is that image's problem; a bad option or a bug is everyone's.
     if (e instanceof VggError && (e.code === 'E_IMAGE' || e.code === 'E_IO')) return { id, error: e };
@@ -116,7 +116,7 @@ async function decode({ id, image, preprocess: own, error }: Item, options: Prep
 async function infer(model: Runner, batch: Decoded[], runOptions: { outputs: string[] }): Promise<ExtractRecord[]> {
   const records: ExtractRecord[] = batch.map(({ id, error }) => (error ? { id, error } : { id }));
   await Promise.all([...sizeGroups(batch).values()].map(async (rows) => {
-    const out = await model.run(stack(rows.map((i) => batch[i].tensor!)), runOptions);
+    const out = await model.run(normalizeBatch(rows.map((i) => batch[i].pixels!)), runOptions);
     rows.forEach((i, row) => { records[i].outputs = rowOf(out, row); });
   }));
   return records;
@@ -125,14 +125,22 @@ async function infer(model: Runner, batch: Decoded[], runOptions: { outputs: str
 /** Positions of the decoded images in a batch, by image size. */
 function sizeGroups(batch: Decoded[]): Map<string, number[]> {
   const groups = new Map<string, number[]>();
-  batch.forEach(({ tensor }, i) => {
-    if (!tensor) return;
-    const key = tensor.shape.join('x');
+  batch.forEach(({ pixels }, i) => {
+    if (!pixels) return;
+    const key = `${pixels.width}x${pixels.height}`;
     const group = groups.get(key);
     if (group) group.push(i);
     else groups.set(key, [i]);
   });
   return groups;
+}
+
+/** Images of one size as a batch [n, 3, h, w], each normalized straight into its row. */
+function normalizeBatch(images: Pixels[]): Tensor {
+  const { width, height } = images[0];
+  const data = new Float32Array(images.length * 3 * height * width);
+  images.forEach((image, i) => normalizeInto(image, data, i * 3 * height * width));
+  return { data, shape: [images.length, 3, height, width] };
 }
 
 /** [1, 3, h, w] tensors of one size as a batch [n, 3, h, w]. */
