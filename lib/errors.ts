@@ -18,10 +18,13 @@ export type VggErrorCode =
 
 export class VggError extends Error {
   readonly code: VggErrorCode;
-  constructor(code: VggErrorCode, message: string, options?: { cause?: unknown }) {
+  /** E_BUSY: how long from now a retry is expected to be accepted, where the server can tell (its Retry-After). */
+  readonly retryAfterMs?: number;
+  constructor(code: VggErrorCode, message: string, options?: { cause?: unknown; retryAfterMs?: number }) {
     super(message, options);
     this.name = 'VggError';
     this.code = code;
+    if (options?.retryAfterMs !== undefined) this.retryAfterMs = options.retryAfterMs;
   }
 }
 

@@ -2,12 +2,13 @@
 // dynamic batching (answers checked against single-image runs), every fault with its status
 // and code, a soak of bad bodies mixed into good traffic, and SIGTERM through the CLI.
 import { strict as assert } from 'node:assert';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import sharp from 'sharp';
 import { loadModel, type Model } from '../lib/model';
 import type { Outputs, RunOptions } from '../lib/engine';
+import type { VggError } from '../lib/errors';
 import { preprocess } from '../lib/images/preprocess';
 import { parseSafetensors, readF32 } from '../lib/weights/safetensors';
 import type { Tensor } from '../lib/tensor';
@@ -32,9 +33,11 @@ async function makeImage(seed: number, width = 64 + (seed % 5) * 8, height = 48 
   return sharp(pixels, { raw: { width, height, channels: 3 } }).png().toBuffer();
 }
 
-/** A model whose runs can be held at a gate, and which counts the images it ran. */
+/** A model whose runs can be held at a gate or slowed down, and which counts the images it ran. */
 class GatedModel implements ServeModel {
   images = 0;
+  /** Added to each run, per image of the batch: a slower machine, without relying on this one's speed. */
+  delayPerImageMs = 0;
   /** Runs started (waiting at the gate or done). */
   started = 0;
   #gate: Promise<void> = Promise.resolve();
@@ -45,6 +48,7 @@ class GatedModel implements ServeModel {
   async run(input: Tensor, options?: RunOptions): Promise<Outputs> {
     this.started++;
     await this.#gate;
+    if (this.delayPerImageMs > 0) await new Promise((r) => setTimeout(r, this.delayPerImageMs * input.shape[0]));
     this.images += input.shape[0];
     return this.model.run(input, options);
   }
@@ -404,6 +408,153 @@ describe('vgg serve', function () {
       assert.equal(gated.images - before, 2);
       const metrics = await (await fetch(`${s.url}/metrics`)).text();
       assert.match(metrics, /vggnet_queue_depth 0/);
+    });
+  });
+
+  describe('admission control (maxLatencyMs)', () => {
+    const DELAY_MS = 200;
+    /** About four images' time, as this machine runs the fixture now (10 ms to 2 s on a shared one). */
+    let LIMIT_MS: number;
+    let s: Started;
+    let gated: GatedModel;
+
+    /** A request and how long its answer took, from before fetch to the whole body. */
+    const timed = async (url: string, body: Buffer | string | FormData, headers: Record<string, string> = {}) => {
+      const t0 = performance.now();
+      const res = await fetch(url, { method: 'POST', body, headers: typeof body === 'object' && !(body instanceof Buffer) ? headers : { 'content-type': 'image/png', ...headers } });
+      const bytes = Buffer.from(await res.arrayBuffer());
+      return { status: res.status, headers: res.headers, bytes, json: () => JSON.parse(bytes.toString('utf8')), ms: performance.now() - t0 };
+    };
+    /** `n` requests at once, images[i % 8] each: every third a classify, one a multipart body with two images. */
+    const burst = (n: number) => Promise.all(Array.from({ length: n }, (_, i) => {
+      if (i % 3 === 2) return timed(`${s.url}/v1/classify?top=3`, images[i % 8]);
+      if (i === 4) {
+        // Two images in one multipart body: the first is the request's, the second is skipped.
+        const form = new FormData();
+        form.append('image', new Blob([images[i % 8]]), 'a.png');
+        form.append('image', new Blob([images[(i + 1) % 8]]), 'b.png');
+        return timed(`${s.url}/v1/features?outputs=fc7`, form);
+      }
+      return timed(`${s.url}/v1/features?outputs=fc7`, images[i % 8]);
+    }));
+    /** The refused and the accepted of a burst, each checked. */
+    const check = (answers: Awaited<ReturnType<typeof timed>>[]) => {
+      const refused = answers.filter((r) => r.status === 503);
+      const accepted = answers.filter((r) => r.status === 200);
+      assert.equal(refused.length + accepted.length, answers.length, answers.map((r) => r.status).join(','));
+      for (const r of refused) {
+        assert.equal(r.json().error.code, 'E_BUSY');
+        assert.match(r.json().error.message, new RegExp(`more than the limit of ${LIMIT_MS} ms`));
+        assert.ok(Number(r.headers.get('retry-after')) >= 1, `Retry-After: ${r.headers.get('retry-after')}`);
+      }
+      for (const [i, r] of answers.entries()) {
+        if (r.status !== 200) continue;
+        if (i % 3 === 2) assert.equal(r.json().classes.length, 3);
+        else assert.ok(relError(r.json().outputs.fc7.data, singles[i % 8].fc7.data) < 1e-4, `request ${i}`);
+      }
+      return { refused, accepted };
+    };
+
+    before(async () => {
+      gated = new GatedModel(model);
+      gated.delayPerImageMs = DELAY_MS;
+      const input = await preprocess(images[0]);
+      let slowest = 0;
+      for (let i = 0; i < 3; i++) {
+        const t0 = performance.now();
+        await model.run(input, { outputs: ['fc7'] });
+        slowest = Math.max(slowest, performance.now() - t0);
+      }
+      LIMIT_MS = Math.round(4 * (DELAY_MS + slowest));
+      s = await start(gated, { maxBatch: 1, maxDelayMs: 0, maxLatencyMs: LIMIT_MS, warmup: [1] });
+    });
+    after(async () => { await stop(s.app); });
+
+    it('admits everything before any batch has run, then refuses at once what would wait too long', async () => {
+      // No measurement yet: the burst is admitted whole.
+      assert.equal(s.app.vggnet.batcher.estimateMs(), undefined);
+      const first = check(await burst(6));
+      assert.equal(first.accepted.length, 6);
+      const { refused, accepted } = check(await burst(20));
+      assert.ok(refused.length > 0 && accepted.length > 0, `${refused.length} refused, ${accepted.length} accepted`);
+      // About four of them fit; far from all.
+      assert.ok(accepted.length < 12, `${accepted.length} accepted`);
+      // Refused before their bodies were read: faster than the fastest answer.
+      const slowestRefusal = Math.max(...refused.map((r) => r.ms));
+      const fastestAnswer = Math.min(...accepted.map((r) => r.ms));
+      assert.ok(slowestRefusal < fastestAnswer, `refusals up to ${slowestRefusal.toFixed(1)} ms, answers from ${fastestAnswer.toFixed(1)} ms`);
+      const metrics = await (await fetch(`${s.url}/metrics`)).text();
+      assert.match(metrics, new RegExp(`vggnet_refused_total\{reason="latency"\} ${refused.length}\n`));
+      assert.match(metrics, /vggnet_batch_run_seconds\{size="1"\} 0\.\d+/);
+      assert.match(metrics, /vggnet_estimated_wait_seconds 0\.\d+/);
+    });
+
+    it('gives back the places of requests that fail or leave before their image is queued', async () => {
+      // One at a time, each admitted while the server is idle.
+      assert.equal((await post(`${s.url}/v1/features`, 'not an image')).status, 400);
+      assert.equal((await post(`${s.url}/v1/features?outputs=nope`, images[0])).status, 400);
+      assert.equal((await post(`${s.url}/v1/features`, images[0].subarray(0, 100))).status, 400);
+      const leaving = new AbortController();
+      const left = post(`${s.url}/v1/features`, images[1], {}, leaving.signal).catch((e: Error) => e);
+      await new Promise((r) => setTimeout(r, 5));
+      leaving.abort();
+      assert.ok((await left) instanceof Error);
+      // Idle again: a new request would wait for its own batch alone.
+      await until(() => gated.started === gated.images, 'the runs to finish');
+      const batcher = s.app.vggnet.batcher;
+      await until(() => batcher.estimateMs() === batcher.runTimes.batchMs(1), `no place held (estimate ${batcher.estimateMs()} ms)`);
+    });
+
+    it('follows the run time: after slower batches it admits fewer', async () => {
+      const batcher = s.app.vggnet.batcher;
+      /** A burst's accepted count, against the count its estimate allows (one more where a batch ends while the burst arrives). */
+      const admitted = async () => {
+        const perImage = batcher.runTimes.batchMs(1)!;
+        const accepted = check(await burst(20)).accepted.length;
+        const allowed = Math.floor(LIMIT_MS / perImage);
+        assert.ok(accepted >= allowed - 1 && accepted <= allowed + 1, `${accepted} accepted at ${perImage.toFixed(0)} ms an image`);
+        return { perImage, accepted };
+      };
+      const runs = async (n: number) => {
+        for (let i = 0; i < n; i++) assert.equal((await post(`${s.url}/v1/features`, images[i])).status, 200);
+      };
+      try {
+        gated.delayPerImageMs = 100;
+        await runs(2);
+        const fast = await admitted();
+        gated.delayPerImageMs = 1000;
+        await runs(3);
+        const slow = await admitted();
+        assert.ok(slow.perImage > fast.perImage * 1.5, `${fast.perImage} -> ${slow.perImage} ms an image`);
+        assert.ok(slow.accepted < fast.accepted, `${slow.accepted} accepted at ${slow.perImage} ms an image, ${fast.accepted} at ${fast.perImage}`);
+      } finally {
+        gated.delayPerImageMs = DELAY_MS;
+      }
+    });
+
+    it('refuses nothing without maxLatencyMs', async () => {
+      const unbounded = await start(gated, { maxBatch: 1, maxDelayMs: 0, warmup: [] });
+      try {
+        await post(`${unbounded.url}/v1/features`, images[0]);
+        const answers = await Promise.all(Array.from({ length: 10 }, (_, i) => post(`${unbounded.url}/v1/features?outputs=fc7`, images[i % 8])));
+        for (const [i, r] of answers.entries()) {
+          assert.equal(r.status, 200);
+          assert.ok(relError(r.json().outputs.fc7.data, singles[i % 8].fc7.data) < 1e-4);
+        }
+      } finally {
+        await stop(unbounded.app);
+      }
+    });
+
+    it('checks maxLatencyMs and --max-latency-ms, naming them', async () => {
+      for (const bad of [0, -5, 1.5, NaN, '300']) {
+        assert.throws(() => createServer(model, { maxLatencyMs: bad as number }), (e: VggError) => e.code === 'E_ARG' && /maxLatencyMs/.test(e.message), String(bad));
+      }
+      for (const bad of ['0', '-5', '1.5', 'soon']) {
+        const r = spawnSync(process.execPath, [MAIN, 'serve', '--weights', WEIGHTS, '--port', '0', '--max-latency-ms', bad], { encoding: 'utf8', timeout: 20_000 });
+        assert.equal(r.status, 1, r.stderr);
+        assert.match(r.stderr, /^vgg: E_ARG: .*--max-latency-ms/);
+      }
     });
   });
 

@@ -13,6 +13,7 @@ interface ServeFlags extends EngineFlags {
   maxBatch: number;
   maxDelayMs: number;
   maxQueue: number;
+  maxLatencyMs?: number;
   timeoutMs: number;
   bodyLimitMb: number;
   maxResponseMb: number;
@@ -42,7 +43,8 @@ export function registerServe(program: Command): void {
     .option('--host <addr>', 'address to listen on', '127.0.0.1')
     .option('--max-batch <n>', 'most images in one engine batch', positiveInt, 32)
     .option('--max-delay-ms <ms>', 'how long a batch waits for more images', nonNegativeInt, 5)
-    .option('--max-queue <n>', 'most images waiting; past it requests get 503', positiveInt, 256)
+    .option('--max-queue <n>', 'most images admitted and not yet running; past it requests get 503', positiveInt, 256)
+    .option('--max-latency-ms <ms>', 'admission control: refuse at once (503 with Retry-After) a request whose answer is estimated to take longer, from the queue ahead and the measured run times (default: none, every request waits its turn)', positiveInt)
     .option('--timeout-ms <ms>', 'per-request limit; past it 504', positiveInt, 30000)
     .option('--body-limit-mb <mb>', 'largest request body in MiB; past it 413', positiveInt, 20)
     .option('--max-response-mb <mb>', 'largest answer in MiB (JSON counted at 24 bytes a float); past it 400 before the run', positiveInt, 64)
@@ -60,6 +62,7 @@ async function serve(flags: ServeFlags): Promise<void> {
     maxBatch: flags.maxBatch,
     maxDelayMs: flags.maxDelayMs,
     maxQueue: flags.maxQueue,
+    maxLatencyMs: flags.maxLatencyMs,
     timeoutMs: flags.timeoutMs,
     bodyLimit: flags.bodyLimitMb * 1024 * 1024,
     maxResponseBytes: flags.maxResponseMb * 1024 * 1024,

@@ -1,6 +1,7 @@
 import type * as PromClient from 'prom-client';
 import type { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { checkPeers } from '../errors';
+import type { Batcher } from './batcher';
 
 // Loaded on first use, with the rest of the HTTP service.
 const prom = (): typeof PromClient => (checkPeers('serve'), require('prom-client'));
@@ -14,6 +15,11 @@ export class ServeMetrics {
   readonly queueDepth: Gauge;
   readonly images: Counter;
   readonly imagesPerSecond: Gauge;
+  /** Requests refused with 503 E_BUSY, by reason: queue_full, latency (--max-latency-ms), shutdown. */
+  readonly refused: Counter<'reason'>;
+  readonly estimatedWait: Gauge;
+  readonly batchSeconds: Gauge<'size'>;
+  #batcher: Batcher | undefined;
   /** Completion times (ms) of the images of the last `windowMs`, for images/s. */
   #done: number[] = [];
   #windowMs: number;
@@ -49,6 +55,29 @@ export class ServeMetrics {
         this.set(self.#done.length / (self.#windowMs / 1000));
       },
     });
+    this.refused = new Counter({ name: `${prefix}refused_total`, help: 'Requests refused with 503 E_BUSY, by reason (queue_full, latency, shutdown)', labelNames: ['reason'], registers });
+    this.estimatedWait = new Gauge({
+      name: `${prefix}estimated_wait_seconds`,
+      help: 'How long a request arriving now is estimated to wait for its answer (NaN before any batch has run)',
+      registers,
+      collect() {
+        this.set((self.#batcher?.estimateMs() ?? NaN) / 1000);
+      },
+    });
+    this.batchSeconds = new Gauge({
+      name: `${prefix}batch_run_seconds`,
+      help: 'Moving average of the run time of a batch, by batch size as run (padding included)',
+      labelNames: ['size'],
+      registers,
+      collect() {
+        for (const [size, ms] of self.#batcher?.runTimes.entries() ?? []) this.set({ size: String(size) }, ms / 1000);
+      },
+    });
+  }
+
+  /** The batcher whose estimates the gauges show. */
+  watch(batcher: Batcher): void {
+    this.#batcher = batcher;
   }
 
   /** Records a batch of `n` images that just finished. */

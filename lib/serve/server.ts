@@ -10,6 +10,7 @@ import { inferShapes, type Arch } from '../arch/topology';
 import { encodeSafetensors } from '../weights/safetensors';
 import type { Tensor } from '../tensor';
 import { VggnetService, type ServeModel, type ServeOptions } from './service';
+import type { Admission } from './batcher';
 
 // Optional peer dependencies, loaded on first use: an application that requires vggnet for
 // inference alone should not install or load an HTTP stack (about 100 ms) it never starts.
@@ -60,10 +61,24 @@ const routes: FastifyPluginAsync<VggnetPluginOptions> = async (app, opts) => {
 
   app.setErrorHandler((err: FastifyError | VggError, request, reply) => {
     const { status, code } = httpStatus(err);
-    if (status === 503) reply.header('Retry-After', String(retryAfterS));
+    // Where the batcher can tell when a retry would be accepted (--max-latency-ms), it says so.
+    const retryAfterMs = err instanceof VggError ? err.retryAfterMs : undefined;
+    if (status === 503) reply.header('Retry-After', String(retryAfterMs === undefined ? retryAfterS : Math.max(1, Math.ceil(retryAfterMs / 1000))));
     if (status >= 500 && code !== 'E_BUSY' && code !== 'E_TIMEOUT') request.log.error(err);
     void reply.code(status).type('application/json').send({ error: { code, message: err.message } });
   });
+
+  // Admission, before the body is read: a refused request costs its headers alone. Each request
+  // runs one image (multipart: the first field `image`, any others are skipped unread), so it
+  // holds one place, from its headers until its image is queued or the response closes
+  // (answered, or the client gone: even one gone before this hook ran).
+  const admissions = new WeakMap<FastifyRequest, Admission>();
+  const admit = async (request: FastifyRequest, reply: FastifyReply) => {
+    const admission = service.batcher.admit(1);
+    admissions.set(request, admission);
+    if (reply.raw.destroyed || request.raw.socket.destroyed) admission.release();
+    else reply.raw.once('close', admission.release);
+  };
 
   app.addHook('onResponse', async (request, reply) => {
     const route = request.routeOptions.url ?? 'unknown';
@@ -86,6 +101,7 @@ const routes: FastifyPluginAsync<VggnetPluginOptions> = async (app, opts) => {
   app.addHook('onRequest', async (_request, reply) => {
     if (service.closing) {
       void reply.header('Connection', 'close');
+      service.metrics.refused.inc({ reason: 'shutdown' });
       throw new VggError('E_BUSY', 'the server is shutting down');
     }
   });
@@ -113,7 +129,7 @@ const routes: FastifyPluginAsync<VggnetPluginOptions> = async (app, opts) => {
     }
   }
 
-  app.post('/v1/features', async (request, reply) => {
+  app.post('/v1/features', { onRequest: admit }, async (request, reply) => {
     const outputs = parseOutputs((request.query as Record<string, unknown>).outputs, blobs);
     const accept = String(request.headers.accept ?? '');
     const format = accept.includes('application/safetensors') ? 'safetensors' : accept.includes('application/octet-stream') ? 'raw' : 'json';
@@ -128,7 +144,7 @@ const routes: FastifyPluginAsync<VggnetPluginOptions> = async (app, opts) => {
         throw new VggError('E_ARG', `the answer would be up to ${bytes} bytes (${outputs.join(',')} as ${format}), more than the server's limit of ${maxResponseBytes}; ask for fewer outputs${format === 'json' ? ', or for Accept: application/safetensors, a sixth of the size' : ''}`);
       }
       signal.throwIfAborted();
-      return service.batcher.submit(input, { outputs, signal });
+      return service.batcher.submit(input, { outputs, signal, admission: admissions.get(request) });
     }) as Outputs;
     if (format === 'raw') {
       const blob = out[outputs[0]];
@@ -146,7 +162,7 @@ const routes: FastifyPluginAsync<VggnetPluginOptions> = async (app, opts) => {
     return reply.type('application/json').send(Readable.from(jsonAnswer(out, outputs)));
   });
 
-  app.post('/v1/classify', async (request, reply) => {
+  app.post('/v1/classify', { onRequest: admit }, async (request, reply) => {
     const top = parseTop((request.query as Record<string, unknown>).top, model.info.classes);
     const image = await imageBody(request);
     const classes = await runImage(reply, image, (img, signal) => {
@@ -155,7 +171,7 @@ const routes: FastifyPluginAsync<VggnetPluginOptions> = async (app, opts) => {
         info: model.info,
         run: (input, runOptions) => {
           signal.throwIfAborted();
-          return service.batcher.submit(input, { outputs: runOptions?.outputs ?? ['prob'], signal });
+          return service.batcher.submit(input, { outputs: runOptions?.outputs ?? ['prob'], signal, admission: admissions.get(request) });
         },
       };
       return classify(batched, img, { top, preset, maxPixels });
@@ -186,7 +202,7 @@ const routes: FastifyPluginAsync<VggnetPluginOptions> = async (app, opts) => {
  */
 export const vggnetPlugin: VggnetPlugin = fastifyPlugin(routes, { name: 'vggnet', fastify: FASTIFY_VERSIONS, encapsulate: true });
 
-const SERVE_KEYS = ['maxBatch', 'maxDelayMs', 'maxQueue', 'timeoutMs', 'bodyLimit', 'maxPixels', 'preset', 'warmup', 'retryAfterS', 'registry', 'onBatch', 'maxResponseBytes'];
+const SERVE_KEYS = ['maxBatch', 'maxDelayMs', 'maxQueue', 'maxLatencyMs', 'timeoutMs', 'bodyLimit', 'maxPixels', 'preset', 'warmup', 'retryAfterS', 'registry', 'onBatch', 'maxResponseBytes'];
 
 function pick(o: Record<string, unknown>, keys: string[]): Record<string, unknown> {
   const out: Record<string, unknown> = {};

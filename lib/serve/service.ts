@@ -13,8 +13,14 @@ export interface ServeOptions {
   maxBatch?: number;
   /** How long the first image of a batch waits for company; 5 ms by default. */
   maxDelayMs?: number;
-  /** Most images waiting for a batch; past it requests are 503 E_BUSY. 256 by default. */
+  /** Most images admitted and not yet running (being decoded or waiting for a batch); past it requests are 503 E_BUSY. 256 by default. */
   maxQueue?: number;
+  /**
+   * Admission control: a request whose answer is estimated to come later than this many ms
+   * (the images ahead of it at the measured run time per batch size) is refused at once with
+   * 503 E_BUSY and a Retry-After of when it would be accepted. None by default (every request waits its turn).
+   */
+  maxLatencyMs?: number;
   /** Per-request limit from arrival (decoding, queue, inference) to answer; past it 504 E_TIMEOUT. 30000 by default. */
   timeoutMs?: number;
   /** Largest request body in bytes; past it 413. 20 MiB by default. */
@@ -46,7 +52,7 @@ export class VggnetService {
   readonly model: ServeModel;
   readonly batcher: Batcher;
   readonly metrics: ServeMetrics;
-  readonly options: Required<Omit<ServeOptions, 'registry' | 'onBatch'>>;
+  readonly options: Required<Omit<ServeOptions, 'registry' | 'onBatch' | 'maxLatencyMs'>> & Pick<ServeOptions, 'maxLatencyMs'>;
   #warm: Promise<void> | undefined;
   #ready = false;
   #warmError: unknown;
@@ -60,6 +66,7 @@ export class VggnetService {
       maxBatch: o.maxBatch ?? 32,
       maxDelayMs: o.maxDelayMs ?? 5,
       maxQueue: o.maxQueue ?? 256,
+      maxLatencyMs: o.maxLatencyMs,
       timeoutMs: o.timeoutMs ?? 30_000,
       bodyLimit: o.bodyLimit ?? 20 * MIB,
       maxPixels: o.maxPixels ?? 40e6,
@@ -84,9 +91,12 @@ export class VggnetService {
       maxBatch: this.options.maxBatch,
       maxDelayMs: this.options.maxDelayMs,
       maxQueue: this.options.maxQueue,
+      maxLatencyMs: this.options.maxLatencyMs,
+      onRefuse: (reason) => metrics.refused.inc({ reason }),
       onBatch: (n) => { metrics.batchSize.observe(n); options.onBatch?.(n); },
       onQueueDepth: (d) => metrics.queueDepth.set(d),
     });
+    metrics.watch(this.batcher);
   }
 
   /** Runs the warm-up batches once; resolves when ready (rejects if the model cannot run). */

@@ -51,8 +51,68 @@ describe('unit: batcher', () => {
     await batcher.close();
   });
 
+  it('pads a batch where the measured times say padding is cheap, splits it where they say it is not', async () => {
+    const submitFive = async (batcher: Batcher) => {
+      await Promise.all([1, 2, 3, 4, 5].map((v) => batcher.submit(image(v), { outputs: ['fc7'] })));
+      await batcher.close();
+    };
+    // Before any measurement: padded to 8, as always.
+    const unmeasured = new Doubler();
+    await submitFive(new Batcher(unmeasured, { maxBatch: 8, maxDelayMs: 20 }));
+    assert.deepEqual(unmeasured.runs, [[1, 2, 3, 4, 5, 0, 0, 0]]);
+    // A CPU: 8 images take twice 4. Five run as 4 and 1, no zero image computed.
+    const cpu = new Doubler();
+    const onCpu = new Batcher(cpu, { maxBatch: 8, maxDelayMs: 20 });
+    onCpu.runTimes.observe(4, 40);
+    onCpu.runTimes.observe(8, 80);
+    onCpu.runTimes.observe(1, 10);
+    assert.equal(onCpu.estimateMs(5), 40 + 10);
+    await submitFive(onCpu);
+    assert.deepEqual(cpu.runs.slice(0, 2), [[1, 2, 3, 4], [5]]);
+    // A GPU: 8 images cost little more than 4. Five are padded to 8.
+    const gpu = new Doubler();
+    const onGpu = new Batcher(gpu, { maxBatch: 8, maxDelayMs: 20 });
+    onGpu.runTimes.observe(4, 40);
+    onGpu.runTimes.observe(8, 45);
+    assert.equal(onGpu.estimateMs(5), 45);
+    await submitFive(onGpu);
+    assert.deepEqual(gpu.runs, [[1, 2, 3, 4, 5, 0, 0, 0]]);
+  });
+
+  it('estimates the wait from the images ahead and refuses past maxLatencyMs with retryAfterMs; admit holds places until submit or release', async () => {
+    const refusals: string[] = [];
+    const batcher = new Batcher(new Doubler(), { maxBatch: 4, maxDelayMs: 10, maxQueue: 12, maxLatencyMs: 100, onRefuse: (r) => refusals.push(r) });
+    assert.equal(batcher.estimateMs(), undefined);
+    // Nothing measured: admitted whatever the queue.
+    const early = batcher.admit(5);
+    early.release();
+    // A batch of 4 takes 40 ms, and a batch of 1 or 2 (not measured) the same per image.
+    batcher.runTimes.observe(4, 40);
+    assert.equal(batcher.estimateMs(1), 10);
+    assert.equal(batcher.estimateMs(9), 40 + 40 + 10);
+    const held = batcher.admit(3);
+    assert.equal(batcher.estimateMs(1), 40);
+    // 3 held + 10 asked is over maxQueue.
+    assert.throws(() => batcher.admit(10), (e: VggError) => e.code === 'E_BUSY' && /queue is full/.test(e.message) && e.retryAfterMs === undefined);
+    const more = batcher.admit(2);
+    more.release();
+    more.release(); // idempotent
+    // 3 held + 8 asked: batches of 4, 4, then 2 and 1 (cheaper than 3 padded to 4): 40 + 40 + 20 + 10 = 110 ms, 10 ms over.
+    batcher.runTimes.observe(2, 20);
+    assert.throws(() => batcher.admit(8), (e: VggError) => e.code === 'E_BUSY' && /about 110 ms/.test(e.message) && Math.abs(e.retryAfterMs! - 10) < 1e-9);
+    assert.deepEqual(refusals, ['queue_full', 'latency']);
+    // submit with the admission takes its place (not checked again); the rest is given back.
+    const answer = await batcher.submit(image(7), { outputs: ['fc7'], admission: held });
+    assert.equal(answer.fc7.data[0], 14);
+    held.release();
+    // Nothing held or queued any more: a new image waits for its own batch alone (just measured).
+    assert.equal(batcher.estimateMs(1), batcher.runTimes.batchMs(1));
+    await batcher.close();
+  });
+
   it('checks its options with the argument named', () => {
     assert.throws(() => new Batcher(new Doubler(), { maxBatch: 0 }), /Expected a positive integer for maxBatch but received 0/);
     assert.throws(() => new Batcher(new Doubler(), { maxDelayMs: -1 }), /an integer of at least 0 for maxDelayMs/);
+    assert.throws(() => new Batcher(new Doubler(), { maxLatencyMs: 0 }), /Expected a positive integer for maxLatencyMs but received 0/);
   });
 });
