@@ -39,7 +39,7 @@ const EXTRAS: Record<string, { example: string; exit: string }> = {
     example: 'vgg train photos/ --weights vgg16.safetensors --out birds.safetensors --augment flip --json',
     exit: `0 written; ${FAILED}; 2 written, but some images could not be read (one line each on stderr, left out)`,
   },
-  serve: { example: 'vgg serve --weights vgg16.safetensors --port 8080', exit: `0 stopped by SIGTERM or SIGINT; ${FAILED}` },
+  serve: { example: 'vgg serve --weights vgg16.safetensors --port 8080 --max-latency-ms 1000', exit: `0 stopped by SIGTERM or SIGINT; ${FAILED}` },
   job: { example: 'vgg job submit photos/ --weights /shared/vgg16.safetensors --out /shared/job', exit: "the subcommand's (vgg job <command> --help)" },
   'job submit': {
     example: 'vgg job submit photos/ --weights /shared/vgg16.safetensors --out /shared/job --redis redis://queue:6379',

@@ -3,5 +3,6 @@ export type { VggnetPlugin, VggnetPluginOptions, VggnetServer } from './server';
 export { VggnetService } from './service';
 export type { ServeModel, ServeOptions } from './service';
 export { Batcher } from './batcher';
-export type { BatchRunner, BatcherOptions, SubmitOptions } from './batcher';
+export type { Admission, BatchRunner, BatcherOptions, RefusalReason, SubmitOptions } from './batcher';
+export { RunTimes } from './run-times';
 export { ServeMetrics } from './metrics';
