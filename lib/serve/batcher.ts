@@ -18,7 +18,8 @@ export interface BatcherOptions {
   /**
    * Admission control: an image whose answer is estimated to come later than this (the batch
    * running, the images ahead, its own batch, at the measured run times) is E_BUSY at once,
-   * with `retryAfterMs`. None by default: every image waits its turn.
+   * with `retryAfterMs`; one that would run at once is always admitted. None by default: every
+   * image waits its turn.
    */
   maxLatencyMs?: number;
   /** Called with each batch's size as it starts (metrics, tests). */
@@ -110,6 +111,7 @@ export class Batcher {
    * so that a refusal costs nothing. Each submit with the admission takes one of its places.
    */
   admit(images = 1): Admission {
+    checkInt(images, 'images');
     const refusal = this.#refusal(images);
     if (refusal) throw refusal;
     let held = images;
@@ -204,7 +206,10 @@ export class Batcher {
       this.#onRefuse?.('queue_full');
       return new VggError('E_BUSY', `the queue is full (${ahead} images waiting, at most ${this.maxQueue}); retry later`);
     }
-    if (this.maxLatencyMs === undefined) return undefined;
+    // An image that would run at once is never refused for time: waiting cannot make it sooner,
+    // and its batch measures the engine again (one slower than the limit would otherwise shut
+    // the server for good).
+    if (this.maxLatencyMs === undefined || (ahead === 0 && !this.#running)) return undefined;
     const ms = this.estimateMs(images);
     if (ms === undefined || ms <= this.maxLatencyMs) return undefined;
     this.#onRefuse?.('latency');
