@@ -3,6 +3,7 @@
 // waiting the Retry-After it was given first (as the README asks clients to). autocannon, used
 // for the batching table, neither splits latencies by status nor honours Retry-After.
 import { setMaxListeners } from 'node:events';
+import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import { Pool } from 'undici';
 
 export interface LoadResult {
@@ -66,6 +67,23 @@ export async function closedLoop(url: string, route: string, body: Buffer, { con
   // The requests still queued are dropped by the server as their clients go.
   await pool.destroy();
   return result;
+}
+
+/**
+ * closedLoop on a worker thread: the clients' own work does not queue on the server's event
+ * loop (they still share the cores, as clients on the same machine would).
+ */
+export function closedLoopInWorker(url: string, route: string, body: Buffer, options: LoadOptions): Promise<LoadResult> {
+  return new Promise((resolve, reject) => {
+    const worker = new Worker(__filename, { workerData: { url, route, body, options } });
+    worker.once('message', resolve);
+    worker.once('error', reject);
+  });
+}
+
+if (!isMainThread && workerData?.route) {
+  const { url, route, body, options } = workerData as { url: string; route: string; body: Uint8Array; options: LoadOptions };
+  void closedLoop(url, route, Buffer.from(body), options).then((result) => parentPort!.postMessage(result));
 }
 
 /** The p-th percentile (0-100) of `values`, NaN for none. */

@@ -18,7 +18,7 @@ import { defaultWeights } from '../lib/weights/default-weights';
 import { calibrate } from '../lib/tasks/calibrate';
 import { preprocess } from '../lib/images/preprocess';
 import { createServer } from '../lib/serve/server';
-import { closedLoop, percentile } from './load';
+import { closedLoopInWorker, percentile } from './load';
 
 function flag(name: string): string | undefined {
   const at = process.argv.indexOf(`--${name}`);
@@ -106,7 +106,7 @@ async function servingOverhead(model: Model): Promise<{ perRequestMs: number; pr
   };
   const server = await startServer(instant as unknown as Model, { maxBatch, maxDelayMs: 5, maxQueue: 1024, warmup: [] });
   const cpu0 = process.cpuUsage();
-  const r = await closedLoop(server.url, '/v1/features?outputs=fc7', IMAGE, { connections: 64, durationS: Math.min(duration, 5), honourRetryAfter: true });
+  const r = await closedLoopInWorker(server.url, '/v1/features?outputs=fc7', IMAGE, { connections: 64, durationS: Math.min(duration, 5), honourRetryAfter: true });
   const cpu = process.cpuUsage(cpu0);
   await server.close();
   const p0 = process.cpuUsage();
@@ -142,7 +142,7 @@ async function admissionSuite(weights: string): Promise<void> {
       const server = await startServer(model, { maxBatch, maxDelayMs: 5, maxQueue: 1024, maxLatencyMs, warmup: served.length ? [] : undefined });
       // One request first: the estimate starts from a measured batch (before one, everything is admitted).
       await fetch(`${server.url}/v1/features?outputs=fc7`, { method: 'POST', body: IMAGE, headers: { 'content-type': 'application/octet-stream' } });
-      const r = await closedLoop(server.url, '/v1/features?outputs=fc7', IMAGE, { connections: 64, durationS: duration, honourRetryAfter });
+      const r = await closedLoopInWorker(server.url, '/v1/features?outputs=fc7', IMAGE, { connections: 64, durationS: duration, honourRetryAfter });
       await server.close();
       served.push({
         precision, queue, served: r.accepted.length / r.seconds, p50: percentile(r.accepted, 50), p99: percentile(r.accepted, 99),
