@@ -1,7 +1,8 @@
 // A closed-loop HTTP load generator on undici for the admission bench: `connections` clients,
 // each sending its next request as soon as it has the last answer, and, refused with a 503,
-// waiting the Retry-After it was given first (as the README asks clients to). autocannon, used
-// for the batching table, neither splits latencies by status nor honours Retry-After.
+// waiting the Retry-After-Ms (else Retry-After) it was given first, as the README asks
+// clients to. autocannon, used for the batching table, neither splits latencies by status nor
+// honours Retry-After.
 import { setMaxListeners } from 'node:events';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import { Pool } from 'undici';
@@ -19,7 +20,7 @@ export interface LoadResult {
 export interface LoadOptions {
   connections: number;
   durationS: number;
-  /** Wait the Retry-After of a 503 before the next request (true), or send it at once. */
+  /** Wait the Retry-After-Ms (else Retry-After) of a 503 before the next request (true), or send it at once. */
   honourRetryAfter: boolean;
 }
 
@@ -52,8 +53,8 @@ export async function closedLoop(url: string, route: string, body: Buffer, { con
         if (res.statusCode === 200) result.accepted.push(done - start);
         else if (res.statusCode === 503) {
           result.refused.push(done - start);
-          const after = Number(res.headers['retry-after']);
-          if (honourRetryAfter && after > 0) await sleep(Math.min(after * 1000, end - done));
+          const afterMs = Number(res.headers['retry-after-ms'] ?? Number(res.headers['retry-after']) * 1000);
+          if (honourRetryAfter && afterMs > 0) await sleep(Math.min(afterMs, end - done));
         } else result.errors++;
       } catch {
         if (stop.signal.aborted) return;

@@ -445,7 +445,8 @@ describe('vgg serve', function () {
       for (const r of refused) {
         assert.equal(r.json().error.code, 'E_BUSY');
         assert.match(r.json().error.message, new RegExp(`more than the limit of ${LIMIT_MS} ms`));
-        assert.ok(Number(r.headers.get('retry-after')) >= 1, `Retry-After: ${r.headers.get('retry-after')}`);
+        const [seconds, ms] = [Number(r.headers.get('retry-after')), Number(r.headers.get('retry-after-ms'))];
+        assert.ok(seconds >= 1 && ms >= 1 && ms <= seconds * 1000 && ms > seconds * 1000 - 1000, `Retry-After: ${seconds}, Retry-After-Ms: ${ms}`);
       }
       for (const [i, r] of answers.entries()) {
         if (r.status !== 200) continue;

@@ -61,9 +61,12 @@ const routes: FastifyPluginAsync<VggnetPluginOptions> = async (app, opts) => {
 
   app.setErrorHandler((err: FastifyError | VggError, request, reply) => {
     const { status, code } = httpStatus(err);
-    // Where the batcher can tell when a retry would be accepted (--max-latency-ms), it says so.
+    // Where the batcher can tell when a retry would be accepted (--max-latency-ms), it says so:
+    // in whole seconds (HTTP's Retry-After), and in ms (retry-after-ms, as OpenAI's and Azure's
+    // APIs send it), since a queue of a second drains enough in a few ms more often than not.
     const retryAfterMs = err instanceof VggError ? err.retryAfterMs : undefined;
     if (status === 503) reply.header('Retry-After', String(retryAfterMs === undefined ? retryAfterS : Math.max(1, Math.ceil(retryAfterMs / 1000))));
+    if (status === 503 && retryAfterMs !== undefined) reply.header('Retry-After-Ms', String(Math.ceil(retryAfterMs)));
     if (status >= 500 && code !== 'E_BUSY' && code !== 'E_TIMEOUT') request.log.error(err);
     void reply.code(status).type('application/json').send({ error: { code, message: err.message } });
   });
