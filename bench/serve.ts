@@ -71,9 +71,10 @@ async function batchingSuite(weights: string): Promise<void> {
 }
 
 /** model.run's best images/s on coffee.jpg, preprocessed, over batch sizes 1, 4 and 8 (each compiled first). */
-async function bestRun(model: Model): Promise<{ imagesPerSecond: number; batch: number }> {
+async function bestRun(model: Model): Promise<{ imagesPerSecond: number; batch: number; bySize: string }> {
   const one = await preprocess(IMAGE);
-  let best = { imagesPerSecond: 0, batch: 0 };
+  let best = { imagesPerSecond: 0, batch: 0, bySize: '' };
+  const bySize: string[] = [];
   for (const batch of [1, 4, 8]) {
     const data = new Float32Array(batch * one.data.length);
     for (let i = 0; i < batch; i++) data.set(one.data, i * one.data.length);
@@ -87,9 +88,10 @@ async function bestRun(model: Model): Promise<{ imagesPerSecond: number; batch: 
       runs++;
     }
     const imagesPerSecond = (runs * batch) / ((performance.now() - t0) / 1000);
-    if (imagesPerSecond > best.imagesPerSecond) best = { imagesPerSecond, batch };
+    bySize.push(`${imagesPerSecond.toFixed(1)} at batch ${batch}`);
+    if (imagesPerSecond > best.imagesPerSecond) best = { imagesPerSecond, batch, bySize: '' };
   }
-  return best;
+  return { ...best, bySize: bySize.join(', ') };
 }
 
 /**
@@ -117,7 +119,7 @@ async function servingOverhead(model: Model): Promise<{ perRequestMs: number; pr
 
 interface AdmissionRow {
   precision: string; queue: string; run: number; runBatch: number; served: number;
-  p50: number; p99: number; refused: number; refusalP99: number; errors: number; limit?: number;
+  p50: number; p99: number; refused: number; refusalP99: number; errors: number; limit?: number; meanBatch: number;
 }
 
 async function admissionSuite(weights: string): Promise<void> {
@@ -139,14 +141,17 @@ async function admissionSuite(weights: string): Promise<void> {
     for (const maxLatencyMs of [undefined, limit]) {
       const queue = maxLatencyMs === undefined ? 'unbounded' : `--max-latency-ms ${maxLatencyMs}`;
       log(`bench: ${precision}: ${queue}, 64 connections, ${duration} s`);
-      const server = await startServer(model, { maxBatch, maxDelayMs: 5, maxQueue: 1024, maxLatencyMs, warmup: served.length ? [] : undefined });
+      const batches: number[] = [];
+      const server = await startServer(model, { maxBatch, maxDelayMs: 5, maxQueue: 1024, maxLatencyMs, warmup: served.length ? [] : undefined, onBatch: (n) => batches.push(n) });
       // One request first: the estimate starts from a measured batch (before one, everything is admitted).
       await fetch(`${server.url}/v1/features?outputs=fc7`, { method: 'POST', body: IMAGE, headers: { 'content-type': 'application/octet-stream' } });
+      batches.length = 0;
       const r = await closedLoopInWorker(server.url, '/v1/features?outputs=fc7', IMAGE, { connections: 64, durationS: duration, honourRetryAfter });
+      const meanBatch = batches.reduce((a, b) => a + b, 0) / batches.length;
       await server.close();
       served.push({
         precision, queue, served: r.accepted.length / r.seconds, p50: percentile(r.accepted, 50), p99: percentile(r.accepted, 99),
-        refused: r.refused.length, refusalP99: percentile(r.refused, 99), errors: r.errors, limit: maxLatencyMs,
+        refused: r.refused.length, refusalP99: percentile(r.refused, 99), errors: r.errors, limit: maxLatencyMs, meanBatch,
       });
     }
     log(`bench: ${precision}: serving alone, with a model that answers at once`);
@@ -154,16 +159,17 @@ async function admissionSuite(weights: string): Promise<void> {
     log(`bench: ${precision}: model.run again`);
     const after = await bestRun(model);
     const best = after.imagesPerSecond > before.imagesPerSecond ? after : before;
+    log(`bench: ${precision}: model.run images/s before ${before.bySize}; after ${after.bySize}`);
     for (const s of served) rows.push({ ...s, run: best.imagesPerSecond, runBatch: best.batch });
     await model.dispose();
   }
 
   console.log(`\n${path.basename(weights)} on ${device}, ${threads} threads, 64 connections, ${duration} s per row, coffee.jpg (600x400) per request, fc7, --max-batch ${maxBatch}; clients ${honourRetryAfter ? 'wait the Retry-After of a 503' : 'retry a 503 at once'}\n`);
-  console.log('| precision | queue | model.run best images/s | served images/s | vs model.run | p50 ms | p99 ms | p99 vs limit | refused | refusal p99 ms | errors |');
-  console.log('|---|---|---|---|---|---|---|---|---|---|---|');
+  console.log('| precision | queue | model.run best images/s | served images/s | vs model.run | mean batch | p50 ms | p99 ms | p99 vs limit | refused | refusal p99 ms | errors |');
+  console.log('|---|---|---|---|---|---|---|---|---|---|---|---|');
   const ms = (v: number) => (Number.isNaN(v) ? '—' : v.toFixed(v < 10 ? 1 : 0));
   for (const r of rows) {
-    console.log(`| ${r.precision} | ${r.queue} | ${r.run.toFixed(1)} (batch ${r.runBatch}) | ${r.served.toFixed(1)} | ${(r.served / r.run).toFixed(2)}x | ${ms(r.p50)} | ${ms(r.p99)} | ${r.limit ? `${(r.p99 / r.limit).toFixed(2)}x` : '—'} | ${r.refused} | ${ms(r.refusalP99)} | ${r.errors} |`);
+    console.log(`| ${r.precision} | ${r.queue} | ${r.run.toFixed(1)} (batch ${r.runBatch}) | ${r.served.toFixed(1)} | ${(r.served / r.run).toFixed(2)}x | ${r.meanBatch.toFixed(1)} | ${ms(r.p50)} | ${ms(r.p99)} | ${r.limit ? `${(r.p99 / r.limit).toFixed(2)}x` : '—'} | ${r.refused} | ${ms(r.refusalP99)} | ${r.errors} |`);
   }
   const o = overhead!;
   console.log(`\nserving alone (a model that answers at once): ${o.requestsPerSecond.toFixed(0)} requests/s, ${o.perRequestMs.toFixed(1)} ms CPU per request (server and load generator), of which preprocessing ${o.preprocessMs.toFixed(1)} ms`);
