@@ -164,7 +164,7 @@ async function admissionSuite(weights: string): Promise<void> {
     await model.dispose();
   }
 
-  console.log(`\n${path.basename(weights)} on ${device}, ${threads} threads, 64 connections, ${duration} s per row, coffee.jpg (600x400) per request, fc7, --max-batch ${maxBatch}; clients ${honourRetryAfter ? 'wait the Retry-After of a 503' : 'retry a 503 at once'}\n`);
+  console.log(`\n${path.basename(weights)} on ${device}, ${threads} threads, 64 connections, ${duration} s per row, coffee.jpg (600x400) per request, fc7, --max-batch ${maxBatch}; clients ${honourRetryAfter ? 'wait the Retry-After-Ms of a 503' : 'retry a 503 at once'}\n`);
   console.log('| precision | queue | model.run best images/s | served images/s | vs model.run | mean batch | p50 ms | p99 ms | p99 vs limit | refused | refusal p99 ms | errors |');
   console.log('|---|---|---|---|---|---|---|---|---|---|---|---|');
   const ms = (v: number) => (Number.isNaN(v) ? '—' : v.toFixed(v < 10 ? 1 : 0));
