@@ -229,7 +229,7 @@ describe('FcTrainer', function () {
     assert.match(r.stdout, /^loss true\n(loss true\n)?terminated\n/, report);
   });
 
-  it('a step runs off the event loop: a timer keeps ticking through a step of at least 300 ms', async () => {
+  it('a step runs off the event loop: a timer keeps ticking through steps of at least 300 ms', async () => {
     // 4096 -> 4096 -> 1000 at batch 256 (about 30 GFLOP a step): long enough on any machine here.
     const make = (out: number, inp: number) => ({ weight: new Float32Array(out * inp).fill(1 / 4096), bias: new Float32Array(out) });
     const t = await FcTrainer.create({ layers: [make(4096, 4096), make(1000, 4096)], learningRate: 0.01, threads: 1 });
@@ -237,11 +237,13 @@ describe('FcTrainer', function () {
       const n = 256;
       const x = new Float32Array(n * 4096).fill(0.5);
       const y = Int32Array.from({ length: n }, (_, i) => i % 1000);
-      const { result: { loss }, ms: measured, maxLag, ticks } = await withTicker(() => t.step(x, y));
-      console.log(`      4096-4096-1000 at batch ${n}: ${measured.toFixed(0)} ms, max lag ${maxLag.toFixed(1)} ms`);
-      assert.ok(Number.isFinite(loss));
-      assert.ok(measured >= 300, `the step took ${measured.toFixed(0)} ms, too short to show the event loop is free`);
-      assert.ok(maxLag < 50, `max event-loop lag ${maxLag.toFixed(1)} ms during a ${measured.toFixed(0)} ms step`);
+      // Four steps queued at once run back to back on the native thread: over a second here,
+      // and still over 300 ms on a machine four times as fast.
+      const { result, ms: measured, maxLag, ticks } = await withTicker(() => Promise.all([0, 1, 2, 3].map(() => t.step(x, y))));
+      console.log(`      4 steps of 4096-4096-1000 at batch ${n}: ${measured.toFixed(0)} ms, max lag ${maxLag.toFixed(1)} ms`);
+      assert.ok(result.every((r) => Number.isFinite(r.loss)));
+      assert.ok(measured >= 300, `the steps took ${measured.toFixed(0)} ms, too short to show the event loop is free`);
+      assert.ok(maxLag < 50, `max event-loop lag ${maxLag.toFixed(1)} ms during ${measured.toFixed(0)} ms of steps`);
       assert.ok(ticks >= measured / 10 / 3, `only ${ticks} timer ticks in ${measured.toFixed(0)} ms`);
     } finally {
       await t.dispose();
