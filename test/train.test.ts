@@ -7,6 +7,7 @@ import { loadModel } from '../lib/model';
 import { trainClassifier, type TrainOptions, type TrainSummary } from '../lib/train';
 import { preprocess } from '../lib/images/preprocess';
 import { packWeights } from '../lib/tasks/pack';
+import { createServer } from '../lib/serve';
 import { VggError } from '../lib/errors';
 import { fixture, prng, readTensors, repack, tmpDir, withTicker, writeTemp } from './helpers';
 
@@ -144,6 +145,15 @@ describe('train', function () {
       assert.equal(model.info.classes, 4);
       assert.equal(model.info.preset, 'torchvision');
       assert.equal((await model.classify(images.vertical[0], { top: 1 }))[0].label, 'vertical');
+      const app = createServer(model);
+      try {
+        const url = await app.listen({ port: 0, host: '127.0.0.1' });
+        const res = await fetch(`${url}/v1/classify?top=1`, { method: 'POST', body: fs.readFileSync(images.vertical[0]), headers: { 'content-type': 'image/png' } });
+        assert.equal(res.status, 200);
+        assert.equal(((await res.json()) as { classes: { label: string }[] }).classes[0].label, 'vertical', 'vgg serve names the new classes');
+      } finally {
+        await app.close();
+      }
     } finally {
       await model.dispose();
     }
