@@ -1,7 +1,7 @@
 import { VggError, checkInt } from '../errors';
 import type { Outputs, RunOptions } from '../engine';
 import type { Tensor } from '../tensor';
-import { RunTimes } from './run-times';
+import { Lateness, RunTimes } from './run-times';
 
 /** What the batcher needs of a model: model.run (a Model, or a wrapper around one). */
 export interface BatchRunner {
@@ -17,8 +17,9 @@ export interface BatcherOptions {
   maxQueue?: number;
   /**
    * Admission control: an image whose answer is estimated to come later than this (the batch
-   * running, the images ahead, its own batch, at the measured run times) is E_BUSY at once,
-   * with `retryAfterMs`; one that would run at once is always admitted. None by default: every
+   * running, the images ahead, its own batch, at the measured run times, scaled by how much
+   * later than that the recent answers came: see Lateness) is E_BUSY at once, with
+   * `retryAfterMs`; one that would run at once is always admitted. None by default: every
    * image waits its turn.
    */
   maxLatencyMs?: number;
@@ -52,6 +53,8 @@ interface Job {
   input: Tensor;
   outputs: string[];
   key: string;
+  /** When its admission was granted and the estimate then (ms), for Lateness. */
+  admitted?: { at: number; estimateMs: number | undefined };
   resolve: (outputs: Outputs) => void;
   reject: (e: unknown) => void;
   signal?: AbortSignal;
@@ -73,6 +76,8 @@ export class Batcher {
   readonly maxLatencyMs: number | undefined;
   /** The measured time of a batch, per size (padding included). */
   readonly runTimes = new RunTimes();
+  /** How much later than estimated admitted images have had their answers. */
+  readonly lateness = new Lateness();
   #runner: BatchRunner;
   #queue: Job[] = [];
   #timer: NodeJS.Timeout | undefined;
@@ -88,6 +93,8 @@ export class Batcher {
   #runningSince = 0;
   /** Each admission's taking of one place (true if it had one left), out of the callers' reach. */
   #places = new WeakMap<Admission, () => boolean>();
+  /** When each admission was granted, and the estimate then. */
+  #grants = new WeakMap<Admission, { at: number; estimateMs: number | undefined }>();
 
   constructor(runner: BatchRunner, options: BatcherOptions = {}) {
     this.#runner = runner;
@@ -114,9 +121,11 @@ export class Batcher {
     checkInt(images, 'images');
     const refusal = this.#refusal(images);
     if (refusal) throw refusal;
+    const grant = { at: performance.now(), estimateMs: this.#runMs(images) };
     let held = images;
     this.#reserved += images;
     const admission: Admission = { release: () => { this.#reserved -= held; held = 0; } };
+    this.#grants.set(admission, grant);
     this.#places.set(admission, () => {
       if (held === 0) return false;
       held--;
@@ -127,12 +136,22 @@ export class Batcher {
   }
 
   /**
+   * How long from now an image admitted now (with `images - 1` others) is estimated to have its
+   * answer: #runMs scaled by how much later than that recent answers came (Lateness).
+   * Undefined before any batch has run.
+   */
+  estimateMs(images = 1): number | undefined {
+    const ms = this.#runMs(images);
+    return ms === undefined ? undefined : ms * this.lateness.factor();
+  }
+
+  /**
    * How long from now an image submitted now (with `images - 1` others) is estimated to have
    * its answer: the rest of the batch running, the batches of the images admitted before it
    * and its own, at the measured run times (all images counted as one shape). Undefined
    * before any batch has run.
    */
-  estimateMs(images = 1): number | undefined {
+  #runMs(images: number): number | undefined {
     let ms = 0;
     if (this.#running) {
       const running = this.runTimes.batchMs(this.#runningSize);
@@ -168,7 +187,7 @@ export class Batcher {
     const refusal = admitted ? undefined : this.#refusal(1);
     if (refusal) return Promise.reject(refusal);
     return new Promise<Outputs>((resolve, reject) => {
-      const job: Job = { input, outputs, key: input.shape.join('x'), resolve, reject, signal };
+      const job: Job = { input, outputs, key: input.shape.join('x'), resolve, reject, signal, admitted: admitted ? this.#grants.get(admission!) : undefined };
       if (signal) {
         job.onAbort = () => {
           const at = this.#queue.indexOf(job);
@@ -290,7 +309,9 @@ export class Batcher {
       for (const j of jobs) j.reject(e);
       return;
     }
+    const now = performance.now();
     jobs.forEach((j, i) => {
+      if (j.admitted) this.lateness.observe(now - j.admitted.at, j.admitted.estimateMs);
       const mine: Outputs = {};
       for (const name of j.outputs) {
         const blob = result[name];
