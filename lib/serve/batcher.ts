@@ -49,12 +49,15 @@ export interface SubmitOptions {
   admission?: Admission;
 }
 
+/** When an admission was granted, and its estimate then (ms): what Lateness compares the answer with. */
+interface Grant { at: number; estimateMs: number | undefined }
+
 interface Job {
   input: Tensor;
   outputs: string[];
   key: string;
   /** When its admission was granted and the estimate then (ms), for Lateness. */
-  admitted?: { at: number; estimateMs: number | undefined };
+  admitted?: Grant;
   resolve: (outputs: Outputs) => void;
   reject: (e: unknown) => void;
   signal?: AbortSignal;
@@ -91,10 +94,8 @@ export class Batcher {
   /** The batch running: its size as run and when it started (performance.now()). */
   #runningSize = 0;
   #runningSince = 0;
-  /** Each admission's taking of one place (true if it had one left), out of the callers' reach. */
-  #places = new WeakMap<Admission, () => boolean>();
-  /** When each admission was granted, and the estimate then. */
-  #grants = new WeakMap<Admission, { at: number; estimateMs: number | undefined }>();
+  /** Each admission's taking of one place (its grant if it had one left), out of the callers' reach. */
+  #places = new WeakMap<Admission, () => Grant | undefined>();
 
   constructor(runner: BatchRunner, options: BatcherOptions = {}) {
     this.#runner = runner;
@@ -121,16 +122,15 @@ export class Batcher {
     checkInt(images, 'images');
     const refusal = this.#refusal(images);
     if (refusal) throw refusal;
-    const grant = { at: performance.now(), estimateMs: this.#runMs(images) };
+    const grant: Grant = { at: performance.now(), estimateMs: this.#runMs(images) };
     let held = images;
     this.#reserved += images;
     const admission: Admission = { release: () => { this.#reserved -= held; held = 0; } };
-    this.#grants.set(admission, grant);
     this.#places.set(admission, () => {
-      if (held === 0) return false;
+      if (held === 0) return undefined;
       held--;
       this.#reserved--;
-      return true;
+      return grant;
     });
     return admission;
   }
@@ -183,11 +183,11 @@ export class Batcher {
       return Promise.reject(new VggError('E_SHAPE', `Expected one image [1, 3, h, w] but received shape [${input.shape.join(', ')}]`));
     }
     if (signal?.aborted) return Promise.reject(signal.reason);
-    const admitted = admission !== undefined && this.#places.get(admission)?.() === true;
+    const admitted = admission === undefined ? undefined : this.#places.get(admission)?.();
     const refusal = admitted ? undefined : this.#refusal(1);
     if (refusal) return Promise.reject(refusal);
     return new Promise<Outputs>((resolve, reject) => {
-      const job: Job = { input, outputs, key: input.shape.join('x'), resolve, reject, signal, admitted: admitted ? this.#grants.get(admission!) : undefined };
+      const job: Job = { input, outputs, key: input.shape.join('x'), resolve, reject, signal, admitted };
       if (signal) {
         job.onAbort = () => {
           const at = this.#queue.indexOf(job);
