@@ -503,22 +503,17 @@ describe('vgg serve', function () {
       // Idle again: a new request would wait for its own batch alone.
       await until(() => gated.started === gated.images, 'the runs to finish');
       const batcher = s.app.vggnet.batcher;
-      await until(() => batcher.estimateMs() === batcher.runTimes.batchMs(1)! * batcher.lateness.factor(), `no place held (estimate ${batcher.estimateMs()} ms)`);
+      await until(() => batcher.estimateMs() === batcher.runTimes.batchMs(1), `no place held (estimate ${batcher.estimateMs()} ms)`);
     });
 
     it('follows the run time: after slower batches it admits fewer', async () => {
       const batcher = s.app.vggnet.batcher;
-      /**
-       * A burst's accepted count, against the count its estimate allows: the run time of an
-       * image scaled by how late the answers have come (one more where a batch ends while the
-       * burst arrives).
-       */
+      /** A burst's accepted count, against the count its estimate allows (one more where a batch ends while the burst arrives). */
       const admitted = async () => {
         const perImage = batcher.runTimes.batchMs(1)!;
-        const factor = batcher.lateness.factor();
         const accepted = check(await burst(20)).accepted.length;
-        const allowed = Math.floor(LIMIT_MS / (perImage * factor));
-        assert.ok(accepted >= allowed - 1 && accepted <= allowed + 1, `${accepted} accepted at ${perImage.toFixed(0)} ms an image, late by ${factor.toFixed(2)}x`);
+        const allowed = Math.floor(LIMIT_MS / perImage);
+        assert.ok(accepted >= allowed - 1 && accepted <= allowed + 1, `${accepted} accepted at ${perImage.toFixed(0)} ms an image`);
         return { perImage, accepted };
       };
       const runs = async (n: number) => {

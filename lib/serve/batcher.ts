@@ -1,7 +1,7 @@
 import { VggError, checkInt } from '../errors';
 import type { Outputs, RunOptions } from '../engine';
 import type { Tensor } from '../tensor';
-import { Lateness, RunTimes } from './run-times';
+import { RunTimes } from './run-times';
 
 /** What the batcher needs of a model: model.run (a Model, or a wrapper around one). */
 export interface BatchRunner {
@@ -17,9 +17,8 @@ export interface BatcherOptions {
   maxQueue?: number;
   /**
    * Admission control: an image whose answer is estimated to come later than this (the batch
-   * running, the images ahead, its own batch, at the measured run times, scaled by how much
-   * later than that the recent answers came: see Lateness) is E_BUSY at once, with
-   * `retryAfterMs`; one that would run at once is always admitted. None by default: every
+   * running, the images ahead, its own batch, at the measured run times) is E_BUSY at once,
+   * with `retryAfterMs`; one that would run at once is always admitted. None by default: every
    * image waits its turn.
    */
   maxLatencyMs?: number;
@@ -49,15 +48,10 @@ export interface SubmitOptions {
   admission?: Admission;
 }
 
-/** When an admission was granted, and its estimate then (ms): what Lateness compares the answer with. */
-interface Grant { at: number; estimateMs: number | undefined }
-
 interface Job {
   input: Tensor;
   outputs: string[];
   key: string;
-  /** When its admission was granted and the estimate then (ms), for Lateness. */
-  admitted?: Grant;
   resolve: (outputs: Outputs) => void;
   reject: (e: unknown) => void;
   signal?: AbortSignal;
@@ -79,8 +73,6 @@ export class Batcher {
   readonly maxLatencyMs: number | undefined;
   /** The measured time of a batch, per size (padding included). */
   readonly runTimes = new RunTimes();
-  /** How much later than estimated admitted images have had their answers. */
-  readonly lateness = new Lateness();
   #runner: BatchRunner;
   #queue: Job[] = [];
   #timer: NodeJS.Timeout | undefined;
@@ -94,8 +86,8 @@ export class Batcher {
   /** The batch running: its size as run and when it started (performance.now()). */
   #runningSize = 0;
   #runningSince = 0;
-  /** Each admission's taking of one place (its grant if it had one left), out of the callers' reach. */
-  #places = new WeakMap<Admission, () => Grant | undefined>();
+  /** Each admission's taking of one place (true if it had one left), out of the callers' reach. */
+  #places = new WeakMap<Admission, () => boolean>();
 
   constructor(runner: BatchRunner, options: BatcherOptions = {}) {
     this.#runner = runner;
@@ -122,27 +114,16 @@ export class Batcher {
     checkInt(images, 'images');
     const refusal = this.#refusal(images);
     if (refusal) throw refusal;
-    const grant: Grant = { at: performance.now(), estimateMs: this.#runMs(images) };
     let held = images;
     this.#reserved += images;
     const admission: Admission = { release: () => { this.#reserved -= held; held = 0; } };
     this.#places.set(admission, () => {
-      if (held === 0) return undefined;
+      if (held === 0) return false;
       held--;
       this.#reserved--;
-      return grant;
+      return true;
     });
     return admission;
-  }
-
-  /**
-   * How long from now an image admitted now (with `images - 1` others) is estimated to have its
-   * answer: #runMs scaled by how much later than that recent answers came (Lateness).
-   * Undefined before any batch has run.
-   */
-  estimateMs(images = 1): number | undefined {
-    const ms = this.#runMs(images);
-    return ms === undefined ? undefined : ms * this.lateness.factor();
   }
 
   /**
@@ -151,7 +132,7 @@ export class Batcher {
    * and its own, at the measured run times (all images counted as one shape). Undefined
    * before any batch has run.
    */
-  #runMs(images: number): number | undefined {
+  estimateMs(images = 1): number | undefined {
     let ms = 0;
     if (this.#running) {
       const running = this.runTimes.batchMs(this.#runningSize);
@@ -183,11 +164,11 @@ export class Batcher {
       return Promise.reject(new VggError('E_SHAPE', `Expected one image [1, 3, h, w] but received shape [${input.shape.join(', ')}]`));
     }
     if (signal?.aborted) return Promise.reject(signal.reason);
-    const admitted = admission === undefined ? undefined : this.#places.get(admission)?.();
+    const admitted = admission !== undefined && this.#places.get(admission)?.() === true;
     const refusal = admitted ? undefined : this.#refusal(1);
     if (refusal) return Promise.reject(refusal);
     return new Promise<Outputs>((resolve, reject) => {
-      const job: Job = { input, outputs, key: input.shape.join('x'), resolve, reject, signal, admitted };
+      const job: Job = { input, outputs, key: input.shape.join('x'), resolve, reject, signal };
       if (signal) {
         job.onAbort = () => {
           const at = this.#queue.indexOf(job);
@@ -309,9 +290,7 @@ export class Batcher {
       for (const j of jobs) j.reject(e);
       return;
     }
-    const now = performance.now();
     jobs.forEach((j, i) => {
-      if (j.admitted) this.lateness.observe(now - j.admitted.at, j.admitted.estimateMs);
       const mine: Outputs = {};
       for (const name of j.outputs) {
         const blob = result[name];

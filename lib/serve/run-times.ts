@@ -36,33 +36,3 @@ export class RunTimes {
     return [...this.#ms.entries()].sort((a, b) => a[0] - b[0]);
   }
 }
-
-/**
- * How much later answers come than the run times alone say: the ratio of each admitted image's
- * time from admission to its answer to what `estimateMs` said when it was admitted. Reading and
- * decoding the request happen before the queue, on the cores the engine uses, and a batch
- * started just before an image's submit makes it wait one more batch; none of that is in the
- * run times. Admission scales its estimate by a high quantile of the recent ratios, so that the
- * slow tail of the answers, not their middle, stays within the limit.
- */
-export class Lateness {
-  /** The ratios kept: the most recent ones. */
-  static readonly WINDOW = 64;
-  /** The quantile of the window the estimate is scaled by. */
-  static readonly QUANTILE = 0.9;
-  #ratios: number[] = [];
-
-  /** Records an answer that came `actualMs` after admission, where `estimatedMs` was estimated. */
-  observe(actualMs: number, estimatedMs: number | undefined): void {
-    if (estimatedMs === undefined || estimatedMs <= 0) return;
-    this.#ratios.push(actualMs / estimatedMs);
-    if (this.#ratios.length > Lateness.WINDOW) this.#ratios.shift();
-  }
-
-  /** The factor to scale an estimate by: 1 until answers have been measured, never below 1. */
-  factor(): number {
-    if (this.#ratios.length === 0) return 1;
-    const sorted = [...this.#ratios].sort((a, b) => a - b);
-    return Math.max(1, sorted[Math.min(sorted.length - 1, Math.floor(Lateness.QUANTILE * sorted.length))]);
-  }
-}

@@ -2,7 +2,6 @@ import * as assert from 'node:assert/strict';
 import type { Outputs, RunOptions } from '../../lib/engine';
 import { VggError } from '../../lib/errors';
 import { Batcher } from '../../lib/serve/batcher';
-import { Lateness } from '../../lib/serve/run-times';
 import type { Tensor } from '../../lib/tensor';
 
 /** A runner whose "fc7" of each image is its input times 2, and that records the batches it ran. */
@@ -120,26 +119,6 @@ describe('unit: batcher', () => {
     await batcher.submit(image(1), { outputs: ['fc7'], admission: alone });
     // The run (a fraction of a millisecond) pulled the average down.
     assert.ok(batcher.runTimes.batchMs(1)! < 500 * 0.71, String(batcher.runTimes.batchMs(1)));
-    await batcher.close();
-  });
-
-  it('scales its estimate by how much later than estimated the recent answers came (a high quantile, never below 1)', async () => {
-    const lateness = new Lateness();
-    assert.equal(lateness.factor(), 1);
-    for (let i = 1; i <= 10; i++) lateness.observe(i * 100, 100);
-    assert.equal(lateness.factor(), 10, 'the 90th percentile of 1..10 in tenths is the 10th');
-    for (let i = 0; i < Lateness.WINDOW; i++) lateness.observe(50, 100);
-    assert.equal(lateness.factor(), 1, 'old ratios leave the window; answers sooner than estimated do not shrink it');
-    lateness.observe(100, undefined);
-    assert.equal(lateness.factor(), 1, 'an admission made before anything was measured says nothing');
-
-    // The engine takes 30 ms where the run times said 1 ms: the answer came 30x later than estimated.
-    const slow = { run: async (input: Tensor) => { await new Promise((r) => setTimeout(r, 30)); return new Doubler().run(input, { outputs: ['fc7'] }); } };
-    const batcher = new Batcher(slow, { maxBatch: 1, maxDelayMs: 0, maxLatencyMs: 1000 });
-    batcher.runTimes.observe(1, 1);
-    await batcher.submit(image(1), { outputs: ['fc7'], admission: batcher.admit(1) });
-    assert.ok(batcher.lateness.factor() >= 25, String(batcher.lateness.factor()));
-    assert.equal(batcher.estimateMs(1), batcher.runTimes.batchMs(1)! * batcher.lateness.factor());
     await batcher.close();
   });
 
