@@ -299,7 +299,9 @@ describe('extract', function () {
 
     it('on a terminal, draws a bar that moves image by image (images under way) and counts done only whole batches', () => {
       const file = path.join(out, 'tty.safetensors');
-      const r = spawnSync(process.execPath, ['-r', path.resolve(__dirname, 'tty.js'), MAIN, ...cliArgs(dir, file)], { encoding: 'utf8', env: { ...process.env, VGG_DEBUG: '' } });
+      // 100 ms after each batch (the hidden test flag): the bar, drawn at most ten times a second,
+      // then catches images read ahead of the batch running on any machine, not only a slow one.
+      const r = spawnSync(process.execPath, ['-r', path.resolve(__dirname, 'tty.js'), MAIN, ...cliArgs(dir, file, '--batch-delay-ms', '100')], { encoding: 'utf8', env: { ...process.env, VGG_DEBUG: '' } });
       assert.equal(r.status, 2, r.stderr);
       const frames = [...r.stderr.matchAll(new RegExp(`\\[([#+-]{30})\\] (\\d+)/${COUNT} images(?:, (\\d+) under way)?`, 'g'))]
         .map((m) => ({ gauge: m[1], done: Number(m[2]), begun: Number(m[2]) + Number(m[3] ?? 0) }));
