@@ -17,9 +17,10 @@ export interface BatcherOptions {
   maxQueue?: number;
   /**
    * Admission control: an image whose answer is estimated to come later than this (the batch
-   * running, the images ahead, its own batch, at the measured run times) is E_BUSY at once,
-   * with `retryAfterMs`; one that would run at once is always admitted. None by default: every
-   * image waits its turn.
+   * running, the images ahead, its own batch, at the measured run times, from when its request
+   * reaches the queue), or that would make an image admitted before it miss its own deadline,
+   * is E_BUSY at once, with `retryAfterMs`; one that would run at once is always admitted.
+   * None by default: every image waits its turn.
    */
   maxLatencyMs?: number;
   /** Called with each batch's size as it starts (metrics, tests). */
@@ -50,6 +51,8 @@ export interface SubmitOptions {
 
 interface Job {
   input: Tensor;
+  /** When its answer is due (performance.now()): admitted at + maxLatencyMs, Infinity without it. */
+  deadline: number;
   outputs: string[];
   key: string;
   resolve: (outputs: Outputs) => void;
@@ -81,13 +84,21 @@ export class Batcher {
   #onBatch?: (size: number) => void;
   #onQueueDepth?: (depth: number) => void;
   #onRefuse?: (reason: RefusalReason) => void;
-  /** Images admitted whose submit has not come yet (their requests are being read or decoded). */
-  #reserved = 0;
+  /** The deadlines of the images admitted whose submit has not come yet (their requests are being read or decoded). */
+  #reserved: number[] = [];
   /** The batch running: its size as run and when it started (performance.now()). */
   #runningSize = 0;
   #runningSince = 0;
-  /** Each admission's taking of one place (true if it had one left), out of the callers' reach. */
-  #places = new WeakMap<Admission, () => boolean>();
+  /** Each admission's taking of one place (its deadline, undefined if it had none left), out of the callers' reach. */
+  #places = new WeakMap<Admission, () => number | undefined>();
+  /** When the next batch could first have started (the engine free, an image queued); undefined while none could. */
+  #readyAt: number | undefined;
+  /**
+   * When the clients refused for time were told to come back (performance.now()), those still
+   * ahead: a client refused now is told to come after them, so that a crowd refused together
+   * comes back spread out at the pace the queue drains, rather than all at once to be refused again.
+   */
+  #promised: number[] = [];
 
   constructor(runner: BatchRunner, options: BatcherOptions = {}) {
     this.#runner = runner;
@@ -115,39 +126,60 @@ export class Batcher {
     const refusal = this.#refusal(images);
     if (refusal) throw refusal;
     let held = images;
-    this.#reserved += images;
-    const admission: Admission = { release: () => { this.#reserved -= held; held = 0; } };
+    const admittedAt = performance.now();
+    const deadline = admittedAt + (this.maxLatencyMs ?? Infinity);
+    for (let i = 0; i < images; i++) this.#reserved.push(deadline);
+    const admission: Admission = {
+      release: () => {
+        if (held === 0) return;
+        for (; held > 0; held--) this.#unreserve(deadline);
+        // A batch held for these images need not wait any more.
+        this.#schedule();
+      },
+    };
     this.#places.set(admission, () => {
-      if (held === 0) return false;
+      if (held === 0) return undefined;
       held--;
-      this.#reserved--;
-      return true;
+      this.#unreserve(deadline);
+      this.runTimes.observeIntake(performance.now() - admittedAt);
+      return deadline;
     });
     return admission;
   }
 
+  #unreserve(deadline: number): void {
+    this.#reserved.splice(this.#reserved.indexOf(deadline), 1);
+  }
+
   /**
-   * How long from now an image submitted now (with `images - 1` others) is estimated to have
-   * its answer: the rest of the batch running, the batches of the images admitted before it
-   * and its own, at the measured run times (all images counted as one shape). Undefined
-   * before any batch has run.
+   * How long from now `images` images admitted now are estimated to have their answers: the
+   * rest of the batch running, the batches of the images admitted before them and their own,
+   * at the measured run times (all images counted as one shape). Their own request reaches the
+   * queue at the measured intake time (reading and decoding): where that is after the engine
+   * frees, the next batch waits for them, up to a one-image batch's time, and past that they
+   * run after it. Undefined before any batch has run.
    */
   estimateMs(images = 1): number | undefined {
-    let ms = 0;
+    let free = 0;
     if (this.#running) {
       const running = this.runTimes.batchMs(this.#runningSize);
       if (running === undefined) return undefined;
-      ms += Math.max(0, running - (performance.now() - this.#runningSince));
+      free = Math.max(0, running - (performance.now() - this.#runningSince));
     }
-    let n = this.#queue.length + this.#reserved + images;
-    // Full batches first (never padded), then the rest as #start would split it.
-    const full = Math.floor(n / this.maxBatch);
-    if (full > 0) {
-      const batch = this.runTimes.batchMs(this.maxBatch);
-      if (batch === undefined) return undefined;
-      ms += full * batch;
-      n -= full * this.maxBatch;
+    const ahead = this.#queue.length + this.#reserved.length;
+    const ready = this.runTimes.intakeMs ?? 0;
+    if (ahead === 0 || ready <= free + this.maxDelayMs + (this.runTimes.batchMs(1) ?? 0)) {
+      const batches = this.#batchesMs(ahead + images);
+      return batches === undefined ? undefined : Math.max(free, ready) + batches;
     }
+    const before = this.#batchesMs(ahead);
+    const own = this.#batchesMs(images);
+    return before === undefined || own === undefined ? undefined : Math.max(free + before, ready) + own;
+  }
+
+  /** The run time of `n` images of one shape, in batches as #start would make them. */
+  #batchesMs(n: number): number | undefined {
+    let ms = 0;
     while (n > 0) {
       const { take, size } = this.#nextBatch(n);
       const batch = this.runTimes.batchMs(size);
@@ -164,11 +196,12 @@ export class Batcher {
       return Promise.reject(new VggError('E_SHAPE', `Expected one image [1, 3, h, w] but received shape [${input.shape.join(', ')}]`));
     }
     if (signal?.aborted) return Promise.reject(signal.reason);
-    const admitted = admission !== undefined && this.#places.get(admission)?.() === true;
-    const refusal = admitted ? undefined : this.#refusal(1);
+    const admitted = admission === undefined ? undefined : this.#places.get(admission)?.();
+    const refusal = admitted === undefined ? this.#refusal(1) : undefined;
     if (refusal) return Promise.reject(refusal);
+    const deadline = admitted ?? performance.now() + (this.maxLatencyMs ?? Infinity);
     return new Promise<Outputs>((resolve, reject) => {
-      const job: Job = { input, outputs, key: input.shape.join('x'), resolve, reject, signal };
+      const job: Job = { input, outputs, deadline, key: input.shape.join('x'), resolve, reject, signal };
       if (signal) {
         job.onAbort = () => {
           const at = this.#queue.indexOf(job);
@@ -201,7 +234,7 @@ export class Batcher {
 
   /** Why `images` more images cannot be admitted now, or undefined. */
   #refusal(images: number): VggError | undefined {
-    const ahead = this.#queue.length + this.#reserved;
+    const ahead = this.#queue.length + this.#reserved.length;
     if (ahead + images > this.maxQueue) {
       this.#onRefuse?.('queue_full');
       return new VggError('E_BUSY', `the queue is full (${ahead} images waiting, at most ${this.maxQueue}); retry later`);
@@ -211,10 +244,49 @@ export class Batcher {
     // the server for good).
     if (this.maxLatencyMs === undefined || (ahead === 0 && !this.#running)) return undefined;
     const ms = this.estimateMs(images);
-    if (ms === undefined || ms <= this.maxLatencyMs) return undefined;
+    if (ms === undefined || (ms <= this.maxLatencyMs && !this.#delaysOthers(images))) return undefined;
     this.#onRefuse?.('latency');
-    const retryAfterMs = ms - this.maxLatencyMs;
+    const retryAfterMs = this.#promise(images, ms);
     return new VggError('E_BUSY', `the answer would take about ${Math.round(ms)} ms (${ahead} images waiting), more than the limit of ${this.maxLatencyMs} ms; retry in ${Math.ceil(retryAfterMs / 1000)} s`, { retryAfterMs });
+  }
+
+  /**
+   * Whether `images` more would make an image admitted before them later than its deadline (or
+   * later than the latest already is): joining a batch makes it run longer, so a batch that
+   * would end in time for the images already in it might not with more. A batch of 4 and 1 on a
+   * CPU, say: the 1 was admitted to run alone, and newcomers joining it would make it a batch of
+   * 4 that ends too late for it. The images run in batches as #start would make them, in order.
+   */
+  #delaysOthers(images: number): boolean {
+    const now = performance.now();
+    const deadlines = [...this.#queue.map((j) => j.deadline), ...this.#reserved];
+    const late = (n: number) => {
+      let t = this.#running ? Math.max(0, (this.runTimes.batchMs(this.#runningSize) ?? 0) - (now - this.#runningSince)) : 0;
+      let worst = 0;
+      for (let i = 0; i < deadlines.length && i < n;) {
+        const { take, size } = this.#nextBatch(n - i);
+        t += this.runTimes.batchMs(size) ?? 0;
+        for (const d of deadlines.slice(i, i + take)) worst = Math.max(worst, now + t - d);
+        i += take;
+      }
+      return worst;
+    };
+    return late(deadlines.length + images) > late(deadlines.length) + 1;
+  }
+
+  /**
+   * When a request refused for time (its answer estimated at `ms`) should come back: once the
+   * queue will have drained enough for it and for the refused clients told to come back before
+   * it, counted as queued ahead. At most maxBatch of those are counted, so that clients that
+   * retry at once, each refusal adding one, cannot push the others' retries far out.
+   */
+  #promise(images: number, ms: number): number {
+    const now = performance.now();
+    this.#promised = this.#promised.filter((at) => at > now);
+    const behind = this.estimateMs(images + Math.min(this.#promised.length, this.maxBatch)) ?? ms;
+    const retryAfterMs = Math.max(ms, behind) - this.maxLatencyMs!;
+    if (this.#promised.length < this.maxBatch) this.#promised.push(now + retryAfterMs);
+    return retryAfterMs;
   }
 
   /**
@@ -236,19 +308,37 @@ export class Batcher {
     return { take, size };
   }
 
+  /**
+   * Starts the next batch when it is full, or once the first image has waited maxDelayMs for
+   * company. With maxLatencyMs, past that, while images admitted are still being read and
+   * decoded, it waits for them up to a one-image batch's time (what running one of them alone
+   * after would cost), since the admission counted them in it. Without it, nothing was promised
+   * and the engine never waits (on a CPU a fuller batch is not faster per image).
+   */
   #schedule(): void {
+    if (this.#queue.length === 0) this.#readyAt = undefined;
     if (this.#running || this.#queue.length === 0) return;
+    const now = performance.now();
+    this.#readyAt ??= now;
     const full = this.#queue.filter((j) => j.key === this.#queue[0].key).length >= this.maxBatch;
-    if (full || this.#closing || this.maxDelayMs === 0) {
+    const hold = this.maxLatencyMs !== undefined && this.#reserved.length > 0 ? this.runTimes.batchMs(1) ?? 0 : 0;
+    const waitMs = full || this.#closing ? 0 : this.#readyAt + this.maxDelayMs + hold - now;
+    if (waitMs <= 0) {
       this.#start();
     } else {
-      this.#timer ??= setTimeout(() => this.#start(), this.maxDelayMs);
+      // Anew each time: an image queued or a place given back can make the wait shorter.
+      clearTimeout(this.#timer);
+      this.#timer = setTimeout(() => {
+        this.#timer = undefined;
+        this.#schedule();
+      }, waitMs);
     }
   }
 
   #start(): void {
     clearTimeout(this.#timer);
     this.#timer = undefined;
+    this.#readyAt = undefined;
     if (this.#running || this.#queue.length === 0) return;
     const key = this.#queue[0].key;
     const { take, size } = this.#nextBatch(this.#queue.filter((j) => j.key === key).length);

@@ -105,9 +105,74 @@ describe('unit: batcher', () => {
     const answer = await batcher.submit(image(7), { outputs: ['fc7'], admission: held });
     assert.equal(answer.fc7.data[0], 14);
     held.release();
-    // Nothing held or queued any more: a new image waits for its own batch alone (just measured).
-    assert.equal(batcher.estimateMs(1), batcher.runTimes.batchMs(1));
+    // Nothing held or queued any more: a new image waits for its own intake (just measured) and its batch alone.
+    assert.ok(batcher.runTimes.intakeMs! >= 0);
+    assert.equal(batcher.estimateMs(1), batcher.runTimes.intakeMs! + batcher.runTimes.batchMs(1)!);
     await batcher.close();
+  });
+
+  it('counts the intake of a request: where its image is ready after the engine frees, the next batch waits for it, up to a one-image batch', async () => {
+    const runner = new Doubler();
+    const batcher = new Batcher(runner, { maxBatch: 8, maxDelayMs: 0, maxLatencyMs: 1000 });
+    batcher.runTimes.observe(1, 40);
+    batcher.runTimes.observe(2, 80);
+    batcher.runTimes.observeIntake(30);
+    // Nothing running: its intake, then a batch of one.
+    assert.equal(batcher.estimateMs(1), 30 + 40);
+    // One queued, one admitted and decoding: the batch of three starts when the new one is ready (30 ms, within the 40 ms hold).
+    const decoding = batcher.admit(1);
+    const queued = batcher.submit(image(1), { outputs: ['fc7'] });
+    assert.equal(batcher.estimateMs(1), 30 + 40 * 3);
+    // An intake longer than the hold: the batch ahead runs without it, the new image after.
+    batcher.runTimes.observeIntake(1000);
+    assert.ok(batcher.runTimes.intakeMs! > 40, String(batcher.runTimes.intakeMs));
+    assert.equal(batcher.estimateMs(1), Math.max(80, batcher.runTimes.intakeMs!) + 40);
+    // The held batch: the queued image waits for the admitted one, then both run together.
+    await new Promise((r) => setTimeout(r, 10));
+    assert.deepEqual(runner.runs, []);
+    const late = batcher.submit(image(2), { outputs: ['fc7'], admission: decoding });
+    await Promise.all([queued, late]);
+    assert.deepEqual(runner.runs, [[1, 2]]);
+    // Held no longer than a one-image batch (40 ms here) for an admission that never submits.
+    const never = batcher.admit(1);
+    const t0 = performance.now();
+    await batcher.submit(image(3), { outputs: ['fc7'] });
+    const waited = performance.now() - t0;
+    never.release();
+    assert.ok(waited >= 30 && waited < 1000, `waited ${waited.toFixed(0)} ms`);
+    await batcher.close();
+  });
+
+  it('refuses an image that would make one admitted before it late: joining its batch would make that batch end too late', async () => {
+    const batcher = new Batcher(new Doubler(), { maxBatch: 8, maxDelayMs: 10, maxLatencyMs: 150 });
+    batcher.runTimes.observe(1, 25);
+    batcher.runTimes.observe(4, 100);
+    batcher.runTimes.observe(8, 200);
+    // Five admitted: a batch of 4 (100 ms), then the fifth alone (25 ms), due at 150 ms.
+    const five = batcher.admit(5);
+    await new Promise((r) => setTimeout(r, 15));
+    // A sixth would have its own answer in time (4, then 2: 150 ms), but would make the fifth's batch end 15 ms or more after its deadline.
+    assert.equal(Math.round(batcher.estimateMs(1)!), 150);
+    assert.throws(() => batcher.admit(1), (e: VggError) => e.code === 'E_BUSY' && /about 150 ms/.test(e.message));
+    five.release();
+    assert.doesNotThrow(() => batcher.admit(1).release());
+  });
+
+  it('tells a crowd refused together to come back spread out, the pace of the queue apart, and counts at most maxBatch of them', () => {
+    const batcher = new Batcher(new Doubler(), { maxBatch: 4, maxDelayMs: 10, maxQueue: 100, maxLatencyMs: 100 });
+    batcher.runTimes.observe(1, 25);
+    batcher.runTimes.observe(2, 50);
+    batcher.runTimes.observe(4, 100);
+    batcher.admit(4);
+    const retries: number[] = [];
+    for (let i = 0; i < 8; i++) {
+      assert.throws(() => batcher.admit(1), (e: VggError) => {
+        retries.push(e.retryAfterMs!);
+        return e.code === 'E_BUSY';
+      });
+    }
+    // 4 ahead, then 1 (125 ms: 25 over); behind one refused 2 (150: 50 over), and so on; from the fifth on, 4 counted.
+    assert.deepEqual(retries.map((ms) => Math.round(ms)), [25, 50, 75, 100, 125, 125, 125, 125]);
   });
 
   it('admits an image that would run at once even when one batch takes longer than maxLatencyMs, and measures again', async () => {
