@@ -160,12 +160,8 @@ export class Batcher {
    * run after it. Undefined before any batch has run.
    */
   estimateMs(images = 1): number | undefined {
-    let free = 0;
-    if (this.#running) {
-      const running = this.runTimes.batchMs(this.#runningSize);
-      if (running === undefined) return undefined;
-      free = Math.max(0, running - (performance.now() - this.#runningSince));
-    }
+    const free = this.#freeInMs();
+    if (free === undefined) return undefined;
     const ahead = this.#queue.length + this.#reserved.length;
     const ready = this.runTimes.intakeMs ?? 0;
     if (ahead === 0 || ready <= free + this.maxDelayMs + (this.runTimes.batchMs(1) ?? 0)) {
@@ -175,6 +171,13 @@ export class Batcher {
     const before = this.#batchesMs(ahead);
     const own = this.#batchesMs(images);
     return before === undefined || own === undefined ? undefined : Math.max(free + before, ready) + own;
+  }
+
+  /** How long until the batch running is estimated to end: 0 if none runs, undefined if its size has no measured time. */
+  #freeInMs(): number | undefined {
+    if (!this.#running) return 0;
+    const running = this.runTimes.batchMs(this.#runningSize);
+    return running === undefined ? undefined : Math.max(0, running - (performance.now() - this.#runningSince));
   }
 
   /** The run time of `n` images of one shape, in batches as #start would make them. */
@@ -261,7 +264,7 @@ export class Batcher {
     const now = performance.now();
     const deadlines = [...this.#queue.map((j) => j.deadline), ...this.#reserved];
     const late = (n: number) => {
-      let t = this.#running ? Math.max(0, (this.runTimes.batchMs(this.#runningSize) ?? 0) - (now - this.#runningSince)) : 0;
+      let t = this.#freeInMs() ?? 0;
       let worst = 0;
       for (let i = 0; i < deadlines.length && i < n;) {
         const { take, size } = this.#nextBatch(n - i);
