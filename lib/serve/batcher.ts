@@ -180,17 +180,14 @@ export class Batcher {
     return running === undefined ? undefined : Math.max(0, running - (performance.now() - this.#runningSince));
   }
 
-  /** The run time of `n` images of one shape, in batches as #start would make them. */
+  /** The run time of `n` images of one shape, in batches as the run times split them. */
   #batchesMs(n: number): number | undefined {
-    let ms = 0;
-    while (n > 0) {
-      const { take, size } = this.#nextBatch(n);
-      const batch = this.runTimes.batchMs(size);
-      if (batch === undefined) return undefined;
-      ms += batch;
-      n -= take;
+    let total = 0;
+    for (const { ms } of this.runTimes.batches(n, this.maxBatch)) {
+      if (ms === undefined) return undefined;
+      total += ms;
     }
-    return ms;
+    return total;
   }
 
   /** Queues one image [1, 3, h, w]; resolves to its blobs, each with a leading dimension of 1. */
@@ -258,7 +255,7 @@ export class Batcher {
    * later than the latest already is): joining a batch makes it run longer, so a batch that
    * would end in time for the images already in it might not with more. A batch of 4 and 1 on a
    * CPU, say: the 1 was admitted to run alone, and newcomers joining it would make it a batch of
-   * 4 that ends too late for it. The images run in batches as #start would make them, in order.
+   * 4 that ends too late for it. The images run in batches as the run times split them, in order.
    */
   #delaysOthers(images: number): boolean {
     const now = performance.now();
@@ -266,9 +263,10 @@ export class Batcher {
     const late = (n: number) => {
       let t = this.#freeInMs() ?? 0;
       let worst = 0;
-      for (let i = 0; i < deadlines.length && i < n;) {
-        const { take, size } = this.#nextBatch(n - i);
-        t += this.runTimes.batchMs(size) ?? 0;
+      let i = 0;
+      for (const { take, ms } of this.runTimes.batches(n, this.maxBatch)) {
+        if (i >= deadlines.length) break;
+        t += ms ?? 0;
         for (const d of deadlines.slice(i, i + take)) worst = Math.max(worst, now + t - d);
         i += take;
       }
@@ -290,25 +288,6 @@ export class Batcher {
     const retryAfterMs = Math.max(ms, behind) - this.maxLatencyMs!;
     if (this.#promised.length < this.maxBatch) this.#promised.push(now + retryAfterMs);
     return retryAfterMs;
-  }
-
-  /**
-   * The next batch out of `waiting` images of one shape: how many it takes and the size it
-   * runs at. Up to maxBatch, padded (with zero images) to a power of two: each batch size is a
-   * network the engine compiles once, and six sizes up to 32 stay compiled where 32 would not.
-   * Where the measured run times say padding costs more than it saves (on a CPU a batch of 8
-   * takes about twice a batch of 4), the batch is the power of two below instead, and the rest
-   * waits for the next one.
-   */
-  #nextBatch(waiting: number): { take: number; size: number } {
-    const take = Math.min(waiting, this.maxBatch);
-    const size = Math.min(this.maxBatch, 2 ** Math.ceil(Math.log2(take)));
-    if (size === take) return { take, size };
-    const below = 2 ** Math.floor(Math.log2(take));
-    const padded = this.runTimes.batchMs(size);
-    const smaller = this.runTimes.batchMs(below);
-    if (padded !== undefined && smaller !== undefined && smaller / below < padded / take) return { take: below, size: below };
-    return { take, size };
   }
 
   /**
@@ -344,7 +323,7 @@ export class Batcher {
     this.#readyAt = undefined;
     if (this.#running || this.#queue.length === 0) return;
     const key = this.#queue[0].key;
-    const { take, size } = this.#nextBatch(this.#queue.filter((j) => j.key === key).length);
+    const { take, size } = this.runTimes.nextBatch(this.#queue.filter((j) => j.key === key).length, this.maxBatch);
     const jobs: Job[] = [];
     this.#queue = this.#queue.filter((j) => {
       if (jobs.length < take && j.key === key) {

@@ -2,8 +2,9 @@
  * How long the engine takes to run a batch, per batch size, and how long an admitted request
  * takes to reach the queue (its body read and its image decoded): moving averages (EWMA) of
  * what the batcher has seen, so that they follow the machine as it is now (other work on the
- * cores, a slower precision) rather than figures measured once. The admission control of
- * `vgg serve` reads them to tell how long a new request would wait.
+ * cores, a slower precision) rather than figures measured once. The batcher splits its queue
+ * into batches by them, and the admission control of `vgg serve` reads them to tell how long a
+ * new request would wait.
  */
 export class RunTimes {
   /** Weight of the newest run: a batch that ran twice as long moves the estimate 30% of the way. */
@@ -40,6 +41,34 @@ export class RunTimes {
       if (nearest === undefined || Math.abs(Math.log(s / size)) < Math.abs(Math.log(nearest / size))) nearest = s;
     }
     return nearest === undefined ? undefined : (this.#ms.get(nearest)! / nearest) * size;
+  }
+
+  /**
+   * The next batch out of `waiting` images of one shape: how many it takes and the size it
+   * runs at. Up to maxBatch, padded (with zero images) to a power of two: each batch size is a
+   * network the engine compiles once, and six sizes up to 32 stay compiled where 32 would not.
+   * Where the measured run times say padding costs more than it saves (on a CPU a batch of 8
+   * takes about twice a batch of 4), the batch is the power of two below instead, and the rest
+   * waits for the next one.
+   */
+  nextBatch(waiting: number, maxBatch: number): { take: number; size: number } {
+    const take = Math.min(waiting, maxBatch);
+    const size = Math.min(maxBatch, 2 ** Math.ceil(Math.log2(take)));
+    if (size === take) return { take, size };
+    const below = 2 ** Math.floor(Math.log2(take));
+    const padded = this.batchMs(size);
+    const smaller = this.batchMs(below);
+    if (padded !== undefined && smaller !== undefined && smaller / below < padded / take) return { take: below, size: below };
+    return { take, size };
+  }
+
+  /** The batches `n` images of one shape run as, in order (nextBatch after nextBatch): the images each takes and its estimated time. */
+  *batches(n: number, maxBatch: number): Generator<{ take: number; ms: number | undefined }> {
+    while (n > 0) {
+      const { take, size } = this.nextBatch(n, maxBatch);
+      yield { take, ms: this.batchMs(size) };
+      n -= take;
+    }
   }
 
   /** The averages so far, by batch size. */
