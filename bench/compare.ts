@@ -45,10 +45,17 @@ async function cached(file: string, source: string, make: () => Promise<void>): 
   return file;
 }
 
-/** The fp32 FMA peak on `threads` threads (GFLOP/s): the best of three ~1 s probes, as the machine is shared. */
-function fmaPeak(): number {
+/**
+ * The fp32 FMA peak (GFLOP/s) or the int8 VNNI dot-product peak (GOP/s, undefined without
+ * VNNI) on `threads` threads: the best of three ~1 s probes, as the machine is shared.
+ */
+function fmaPeak(kind: 'fp32' | 'vnni' = 'fp32'): number | undefined {
   const bin = path.join(DIR, 'fma-peak');
-  return Math.max(...[0, 1, 2].map(() => Number(execFileSync(bin, [String(threads)], { encoding: 'utf8' }))));
+  try {
+    return Math.max(...[0, 1, 2].map(() => Number(execFileSync(bin, [String(threads), kind], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }))));
+  } catch {
+    return undefined;
+  }
 }
 
 async function prepare(): Promise<{ setups: Setup[]; packed: string; qdq: string }> {
@@ -137,7 +144,8 @@ async function main(): Promise<void> {
   const ops = await optimizedOps(qdq, path.join(DIR, 'vgg16.qdq.optimized.onnx'), threads);
   const fused = Object.entries(ops).sort().map(([op, n]) => `${n} ${op}`).join(', ');
   if (ops.Conv || ops.Gemm) throw new Error(`onnxruntime left float Conv or Gemm nodes in the QDQ model: ${fused}`);
-  const peaks = [fmaPeak()];
+  const peaks = [fmaPeak()!];
+  const int8Peaks = [fmaPeak('vnni')];
   const results: EngineResult[][] = setups.map(() => []);
   for (let r = 0; r < rounds; r++) {
     for (let k = 0; k < setups.length; k++) {
@@ -148,8 +156,11 @@ async function main(): Promise<void> {
       results[i].push(await start(config).result);
     }
   }
-  peaks.push(fmaPeak()); // before and after the rounds: the machine's load changes
+  // before and after the rounds: the machine's load changes
+  peaks.push(fmaPeak()!);
+  int8Peaks.push(fmaPeak('vnni'));
   const peak = Math.max(...peaks);
+  const int8Peak = int8Peaks.includes(undefined) ? undefined : Math.max(...(int8Peaks as number[]));
   const med = results.map((rs) => ({
     loadMs: median(rs.map((x) => x.loadMs)), latencyMs: median(rs.map((x) => x.latencyMs)),
     peakRssMb: median(rs.map((x) => x.peakRssMb)), imagesPerSecond: median(rs.map((x) => x.imagesPerSecond!)), fc8: rs[0].fc8,
@@ -160,7 +171,7 @@ async function main(): Promise<void> {
   const v = native().versions();
   console.log(`\nVGG16 224x224, ${threads} threads, batch ${batch}; oneDNN ${v.onednn} (${v.isa}); median of ${rounds} rounds alternating engines.`);
   console.log(`onnxruntime int8 runs the QDQ model as: ${fused}.`);
-  console.log(`fp32 FMA peak measured here: ${peak.toFixed(0)} GFLOP/s; VGG16 is ${GFLOP.toFixed(1)} GFLOP per image.\n`);
+  console.log(`fp32 FMA peak measured here: ${peak.toFixed(0)} GFLOP/s; int8 VNNI peak: ${int8Peak === undefined ? 'no VNNI' : `${int8Peak.toFixed(0)} GOP/s`}; VGG16 is ${GFLOP.toFixed(1)} GFLOP per image.\n`);
   console.log(`| engine | precision | batch ${batch} images/s | GFLOP/s | % of fp32 peak | vs ort | batch 1 ms | vs ort | load to first result ms | vs ort | peak RSS at batch 1 MB | vs ort | fc8 vs ort |`);
   console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|');
   setups.forEach((s, i) => {
@@ -198,6 +209,18 @@ async function main(): Promise<void> {
   for (const [what, value, op, goal] of targets) {
     const met = op === '>=' ? value >= goal : value <= goal;
     console.log(`| ${what} | ${x(value)} | ${op} ${goal}x | ${met ? 'met' : '**missed**'} |`);
+  }
+
+  // How close both int8 engines are to what the cores can do, and what the int8 targets ask of them.
+  if (int8Peak !== undefined) {
+    const share = (gops: number) => `${gops.toFixed(0)} GOP/s, ${((100 * gops) / int8Peak).toFixed(0)}% of the VNNI peak`;
+    const ours = at('vggnet', 'int8');
+    console.log(`\nint8 against the VNNI peak (${int8Peak.toFixed(0)} GOP/s):`);
+    for (const [name, m] of [['onnxruntime-node', ortInt8], ['vggnet', ours]] as const) {
+      console.log(`- ${name}: batch ${batch} ${share(m.imagesPerSecond * GFLOP)}; batch 1 ${share(GFLOP / (m.latencyMs / 1000))}`);
+    }
+    console.log(`- 1.3x onnxruntime at batch ${batch} would be ${share(1.3 * ortInt8.imagesPerSecond * GFLOP)}`);
+    console.log(`- 0.8x onnxruntime's batch-1 latency would be ${share(GFLOP / (0.8 * ortInt8.latencyMs / 1000))}`);
   }
 }
 
