@@ -503,7 +503,7 @@ describe('vgg serve', function () {
       // Idle again: a new request would wait for its own intake and its batch alone.
       await until(() => gated.started === gated.images, 'the runs to finish');
       const batcher = s.app.vggnet.batcher;
-      const alone = () => (batcher.runTimes.intakeMs ?? 0) + batcher.runTimes.batchMs(1)!;
+      const alone = () => (batcher.runTimes.intakeMs ?? 0) + batcher.runTimes.cautiousMs(1)!;
       await until(() => batcher.estimateMs() === alone(), `no place held (estimate ${batcher.estimateMs()} ms, alone ${alone()} ms)`);
     });
 
@@ -511,7 +511,7 @@ describe('vgg serve', function () {
       const batcher = s.app.vggnet.batcher;
       /** A burst's accepted count, against the count its estimate allows (one more where a batch ends while the burst arrives). */
       const admitted = async () => {
-        const perImage = batcher.runTimes.batchMs(1)!;
+        const perImage = batcher.runTimes.cautiousMs(1)!;
         const accepted = check(await burst(20)).accepted.length;
         const allowed = Math.floor(LIMIT_MS / perImage);
         assert.ok(accepted >= allowed - 1 && accepted <= allowed + 1, `${accepted} accepted at ${perImage.toFixed(0)} ms an image`);

@@ -154,7 +154,8 @@ export class Batcher {
   /**
    * How long from now `images` images admitted now are estimated to have their answers: the
    * rest of the batch running, the batches of the images admitted before them and their own,
-   * at the measured run times (all images counted as one shape). Their own request reaches the
+   * at the measured run times with their spread (RunTimes.cautiousMs: a promise kept most times,
+   * not half of them; all images counted as one shape). Their own request reaches the
    * queue at the measured intake time (reading and decoding): where that is after the engine
    * frees, the next batch waits for them, up to a one-image batch's time, and past that they
    * run after it. Undefined before any batch has run.
@@ -173,10 +174,10 @@ export class Batcher {
     return before === undefined || own === undefined ? undefined : Math.max(free + before, ready) + own;
   }
 
-  /** How long until the batch running is estimated to end: 0 if none runs, undefined if its size has no measured time. */
+  /** How long until the batch running ends, most times (RunTimes.cautiousMs): 0 if none runs, undefined if its size has no measured time. */
   #freeInMs(): number | undefined {
     if (!this.#running) return 0;
-    const running = this.runTimes.batchMs(this.#runningSize);
+    const running = this.runTimes.cautiousMs(this.#runningSize);
     return running === undefined ? undefined : Math.max(0, running - (performance.now() - this.#runningSince));
   }
 

@@ -3,28 +3,36 @@
  * takes to reach the queue (its body read and its image decoded): moving averages (EWMA) of
  * what the batcher has seen, so that they follow the machine as it is now (other work on the
  * cores, a slower precision) rather than figures measured once. The batcher splits its queue
- * into batches by them, and the admission control of `vgg serve` reads them to tell how long a
- * new request would wait.
+ * into batches by the averages, and the admission control of `vgg serve` reads them with their
+ * spread to tell how long a new request would wait.
  */
 export class RunTimes {
   /** Weight of the newest run: a batch that ran twice as long moves the estimate 30% of the way. */
   static readonly WEIGHT = 0.3;
-  #ms = new Map<number, number>();
-  #intakeMs: number | undefined;
+  /**
+   * How many mean deviations above the average a promise allows for. On a shared CPU a batch
+   * takes from 0.7x to 1.8x the average of the ones before it (the cores' other work, a
+   * hypervisor taking its share), so a wait counted at the average is exceeded half the time;
+   * as TCP's retransmission timer does with round trips, admission counts the average plus
+   * twice the deviation, which a steady engine keeps near zero.
+   */
+  static readonly DEVIATIONS = 2;
+  #ms = new Map<number, Moving>();
+  #intake: Moving | undefined;
 
   /** Records a batch of `size` images (as run, padding included) that took `ms`. */
   observe(size: number, ms: number): void {
-    this.#ms.set(size, ewma(this.#ms.get(size), ms));
+    this.#ms.set(size, moving(this.#ms.get(size), ms));
   }
 
   /** Records a request that took `ms` from its admission to its image's submission. */
   observeIntake(ms: number): void {
-    this.#intakeMs = ewma(this.#intakeMs, ms);
+    this.#intake = moving(this.#intake, ms);
   }
 
-  /** The average time from a request's admission to its image in the queue; undefined before any. */
+  /** How long a request takes from its admission to its image in the queue, most times (average and deviations); undefined before any. */
   get intakeMs(): number | undefined {
-    return this.#intakeMs;
+    return this.#intake && cautious(this.#intake);
   }
 
   /**
@@ -34,13 +42,22 @@ export class RunTimes {
    * Undefined before any run.
    */
   batchMs(size: number): number | undefined {
+    return this.#scaled(size, (m) => m.mean);
+  }
+
+  /** The time a batch of `size` ends within most times: its average and DEVIATIONS mean deviations, scaled as batchMs is. */
+  cautiousMs(size: number): number | undefined {
+    return this.#scaled(size, cautious);
+  }
+
+  #scaled(size: number, value: (m: Moving) => number): number | undefined {
     const own = this.#ms.get(size);
-    if (own !== undefined) return own;
+    if (own !== undefined) return value(own);
     let nearest: number | undefined;
     for (const s of this.#ms.keys()) {
       if (nearest === undefined || Math.abs(Math.log(s / size)) < Math.abs(Math.log(nearest / size))) nearest = s;
     }
-    return nearest === undefined ? undefined : (this.#ms.get(nearest)! / nearest) * size;
+    return nearest === undefined ? undefined : (value(this.#ms.get(nearest)!) / nearest) * size;
   }
 
   /**
@@ -62,21 +79,35 @@ export class RunTimes {
     return { take, size };
   }
 
-  /** The batches `n` images of one shape run as, in order (nextBatch after nextBatch): the images each takes and its estimated time. */
+  /** The batches `n` images of one shape run as, in order (nextBatch after nextBatch): the images each takes and the time it ends within most times (cautiousMs). */
   *batches(n: number, maxBatch: number): Generator<{ take: number; ms: number | undefined }> {
     while (n > 0) {
       const { take, size } = this.nextBatch(n, maxBatch);
-      yield { take, ms: this.batchMs(size) };
+      yield { take, ms: this.cautiousMs(size) };
       n -= take;
     }
   }
 
   /** The averages so far, by batch size. */
   entries(): [size: number, ms: number][] {
-    return [...this.#ms.entries()].sort((a, b) => a[0] - b[0]);
+    return [...this.#ms.entries()].map(([size, m]): [number, number] => [size, m.mean]).sort((a, b) => a[0] - b[0]);
   }
 }
 
-function ewma(old: number | undefined, value: number): number {
-  return old === undefined ? value : old + RunTimes.WEIGHT * (value - old);
+/** A moving average and a moving mean deviation from it. */
+interface Moving {
+  mean: number;
+  deviation: number;
+}
+
+function moving(old: Moving | undefined, value: number): Moving {
+  if (old === undefined) return { mean: value, deviation: 0 };
+  return {
+    mean: old.mean + RunTimes.WEIGHT * (value - old.mean),
+    deviation: old.deviation + RunTimes.WEIGHT * (Math.abs(value - old.mean) - old.deviation),
+  };
+}
+
+function cautious(m: Moving): number {
+  return m.mean + RunTimes.DEVIATIONS * m.deviation;
 }

@@ -107,7 +107,7 @@ describe('unit: batcher', () => {
     held.release();
     // Nothing held or queued any more: a new image waits for its own intake (just measured) and its batch alone.
     assert.ok(batcher.runTimes.intakeMs! >= 0);
-    assert.equal(batcher.estimateMs(1), batcher.runTimes.intakeMs! + batcher.runTimes.batchMs(1)!);
+    assert.equal(batcher.estimateMs(1), batcher.runTimes.intakeMs! + batcher.runTimes.cautiousMs(1)!);
     await batcher.close();
   });
 
@@ -173,6 +173,29 @@ describe('unit: batcher', () => {
     }
     // 4 ahead, then 1 (125 ms: 25 over); behind one refused 2 (150: 50 over), and so on; from the fifth on, 4 counted.
     assert.deepEqual(retries.map((ms) => Math.round(ms)), [25, 50, 75, 100, 125, 125, 125, 125]);
+  });
+
+  it('counts the spread of the run times: where batches vary, a wait is their average plus twice their mean deviation', () => {
+    const steady = new Batcher(new Doubler(), { maxBatch: 4, maxDelayMs: 0, maxLatencyMs: 100 });
+    for (let i = 0; i < 6; i++) steady.runTimes.observe(4, 40);
+    assert.equal(steady.runTimes.cautiousMs(4), 40);
+    steady.admit(4);
+    // 4 held and 4 more: two batches of 40 ms, within 100.
+    assert.equal(steady.estimateMs(4), 80);
+    assert.doesNotThrow(() => steady.admit(4));
+
+    // The same average, but batches of 20 and 60 ms in turn (a shared, noisy CPU).
+    const noisy = new Batcher(new Doubler(), { maxBatch: 4, maxDelayMs: 0, maxLatencyMs: 100 });
+    for (let i = 0; i < 3; i++) {
+      noisy.runTimes.observe(4, 20);
+      noisy.runTimes.observe(4, 60);
+    }
+    const mean = noisy.runTimes.batchMs(4)!;
+    assert.ok(mean > 35 && mean < 45, String(mean));
+    assert.ok(noisy.runTimes.cautiousMs(4)! > mean + 30, String(noisy.runTimes.cautiousMs(4)));
+    noisy.admit(4);
+    // Two batches at their averages would be about 80 ms; with the spread they end past 100 often.
+    assert.throws(() => noisy.admit(4), (e: VggError) => e.code === 'E_BUSY' && /about 16\d ms/.test(e.message));
   });
 
   it('admits an image that would run at once even when one batch takes longer than maxLatencyMs, and measures again', async () => {
