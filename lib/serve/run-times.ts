@@ -14,25 +14,33 @@ export class RunTimes {
    * takes from 0.7x to 1.8x the average of the ones before it (the cores' other work, a
    * hypervisor taking its share), so a wait counted at the average is exceeded half the time;
    * as TCP's retransmission timer does with round trips, admission counts the average plus
-   * twice the deviation, which a steady engine keeps near zero.
+   * twice the deviation, which a steady engine keeps near zero. The deviation is relative and
+   * pooled over all batch sizes, since what makes batches slow slows them all alike: every batch
+   * updates it, and a size that no longer runs does not keep an old one.
    */
   static readonly DEVIATIONS = 2;
-  #ms = new Map<number, Moving>();
-  #intake: Moving | undefined;
+  #ms = new Map<number, number>();
+  #spread = 0;
+  #intakeMs: number | undefined;
 
   /** Records a batch of `size` images (as run, padding included) that took `ms`. */
   observe(size: number, ms: number): void {
-    this.#ms.set(size, moving(this.#ms.get(size), ms));
+    const before = this.#ms.get(size);
+    if (before !== undefined && before > 0) this.#spread = ewma(this.#spread, Math.abs(ms - before) / before);
+    this.#ms.set(size, ewma(before, ms));
   }
 
-  /** Records a request that took `ms` from its admission to its image's submission. */
+  /**
+   * Records a request that took `ms` from its admission to its image's submission. A plain
+   * average, without the spread: one client's slow upload says nothing of the next request's.
+   */
   observeIntake(ms: number): void {
-    this.#intake = moving(this.#intake, ms);
+    this.#intakeMs = ewma(this.#intakeMs, ms);
   }
 
-  /** How long a request takes from its admission to its image in the queue, most times (average and deviations); undefined before any. */
+  /** The average time from a request's admission to its image in the queue; undefined before any. */
   get intakeMs(): number | undefined {
-    return this.#intake && cautious(this.#intake);
+    return this.#intakeMs;
   }
 
   /**
@@ -42,22 +50,19 @@ export class RunTimes {
    * Undefined before any run.
    */
   batchMs(size: number): number | undefined {
-    return this.#scaled(size, (m) => m.mean);
-  }
-
-  /** The time a batch of `size` ends within most times: its average and DEVIATIONS mean deviations, scaled as batchMs is. */
-  cautiousMs(size: number): number | undefined {
-    return this.#scaled(size, cautious);
-  }
-
-  #scaled(size: number, value: (m: Moving) => number): number | undefined {
     const own = this.#ms.get(size);
-    if (own !== undefined) return value(own);
+    if (own !== undefined) return own;
     let nearest: number | undefined;
     for (const s of this.#ms.keys()) {
       if (nearest === undefined || Math.abs(Math.log(s / size)) < Math.abs(Math.log(nearest / size))) nearest = s;
     }
-    return nearest === undefined ? undefined : (value(this.#ms.get(nearest)!) / nearest) * size;
+    return nearest === undefined ? undefined : (this.#ms.get(nearest)! / nearest) * size;
+  }
+
+  /** The time a batch of `size` ends within most times: batchMs and DEVIATIONS mean deviations. */
+  cautiousMs(size: number): number | undefined {
+    const ms = this.batchMs(size);
+    return ms === undefined ? undefined : ms * (1 + RunTimes.DEVIATIONS * this.#spread);
   }
 
   /**
@@ -90,24 +95,10 @@ export class RunTimes {
 
   /** The averages so far, by batch size. */
   entries(): [size: number, ms: number][] {
-    return [...this.#ms.entries()].map(([size, m]): [number, number] => [size, m.mean]).sort((a, b) => a[0] - b[0]);
+    return [...this.#ms.entries()].sort((a, b) => a[0] - b[0]);
   }
 }
 
-/** A moving average and a moving mean deviation from it. */
-interface Moving {
-  mean: number;
-  deviation: number;
-}
-
-function moving(old: Moving | undefined, value: number): Moving {
-  if (old === undefined) return { mean: value, deviation: 0 };
-  return {
-    mean: old.mean + RunTimes.WEIGHT * (value - old.mean),
-    deviation: old.deviation + RunTimes.WEIGHT * (Math.abs(value - old.mean) - old.deviation),
-  };
-}
-
-function cautious(m: Moving): number {
-  return m.mean + RunTimes.DEVIATIONS * m.deviation;
+function ewma(old: number | undefined, value: number): number {
+  return old === undefined ? value : old + RunTimes.WEIGHT * (value - old);
 }

@@ -175,7 +175,7 @@ describe('unit: batcher', () => {
     assert.deepEqual(retries.map((ms) => Math.round(ms)), [25, 50, 75, 100, 125, 125, 125, 125]);
   });
 
-  it('counts the spread of the run times: where batches vary, a wait is their average plus twice their mean deviation', () => {
+  it('counts the spread of the run times: where batches vary, a wait is their average plus twice their mean deviation, pooled over sizes', () => {
     const steady = new Batcher(new Doubler(), { maxBatch: 4, maxDelayMs: 0, maxLatencyMs: 100 });
     for (let i = 0; i < 6; i++) steady.runTimes.observe(4, 40);
     assert.equal(steady.runTimes.cautiousMs(4), 40);
@@ -195,7 +195,17 @@ describe('unit: batcher', () => {
     assert.ok(noisy.runTimes.cautiousMs(4)! > mean + 30, String(noisy.runTimes.cautiousMs(4)));
     noisy.admit(4);
     // Two batches at their averages would be about 80 ms; with the spread they end past 100 often.
-    assert.throws(() => noisy.admit(4), (e: VggError) => e.code === 'E_BUSY' && /about 16\d ms/.test(e.message));
+    assert.throws(() => noisy.admit(4), (e: VggError) => e.code === 'E_BUSY' && /about 19\d ms/.test(e.message));
+
+    // One slow batch of 4, and from then on batches of 1 alone: the spread, a share of the time
+    // and pooled over sizes, fades with each of them; the 4s do not keep it while they do not run.
+    const once = new Batcher(new Doubler(), { maxBatch: 4, maxDelayMs: 0, maxLatencyMs: 100 });
+    for (let i = 0; i < 5; i++) once.runTimes.observe(4, 40);
+    once.runTimes.observe(4, 200);
+    const margin = () => once.runTimes.cautiousMs(4)! / once.runTimes.batchMs(4)!;
+    assert.ok(margin() > 3, String(margin()));
+    for (let i = 0; i < 6; i++) once.runTimes.observe(1, 10);
+    assert.ok(margin() < 1.5, String(margin()));
   });
 
   it('admits an image that would run at once even when one batch takes longer than maxLatencyMs, and measures again', async () => {
