@@ -310,7 +310,7 @@ describe('extract', function () {
       for (const f of frames) assert.ok(f.done % 8 === 0 || f.done === COUNT, `${f.done} done`);
       // The images read into the pipeline move on between batches, one by one, and only forwards.
       assert.ok(frames.some((f) => f.begun > f.done && f.done < COUNT), 'no frame shows images under way');
-      assert.ok(new Set(frames.map((f) => f.begun)).size > new Set(frames.map((f) => f.done)).size, 'the bar moved only with whole batches');
+      assert.ok(new Set(frames.map((f) => f.begun)).size > new Set(frames.map((f) => f.done)).size, `the bar moved only with whole batches: ${JSON.stringify(frames)}`);
       frames.slice(1).forEach((f, i) => assert.ok(f.begun >= frames[i].begun && f.done >= frames[i].done, 'the bar went backwards'));
       assert.deepEqual(frames.at(-1), { gauge: '#'.repeat(30), done: COUNT, begun: COUNT });
     });

@@ -146,7 +146,9 @@ describe('lifecycle', function () {
         const { result: out, ms, maxLag, ticks } = await withTicker(() => model.run(x, { outputs: ['prob'] }));
         measured = ms;
         assert.equal(out.prob.data.length, 80);
-        assert.ok(maxLag < 50, `max event-loop lag ${maxLag.toFixed(1)} ms during a ${measured.toFixed(0)} ms run at ${size}x${size}`);
+        // A run on the event loop would hold it for the whole run; under half of it (or 50 ms),
+        // the loop was free, whatever else shares the cores (a busy CI host lags 50 ms at times).
+        assert.ok(maxLag < Math.max(50, measured / 2), `max event-loop lag ${maxLag.toFixed(1)} ms during a ${measured.toFixed(0)} ms run at ${size}x${size}`);
         assert.ok(ticks >= measured / 10 / 3, `only ${ticks} timer ticks in ${measured.toFixed(0)} ms`);
         if (measured >= 300) {
           console.log(`      8x${size}x${size}: ${measured.toFixed(0)} ms, max lag ${maxLag.toFixed(1)} ms`);

@@ -243,7 +243,10 @@ describe('FcTrainer', function () {
       console.log(`      4 steps of 4096-4096-1000 at batch ${n}: ${measured.toFixed(0)} ms, max lag ${maxLag.toFixed(1)} ms`);
       assert.ok(result.every((r) => Number.isFinite(r.loss)));
       assert.ok(measured >= 300, `the steps took ${measured.toFixed(0)} ms, too short to show the event loop is free`);
-      assert.ok(maxLag < 50, `max event-loop lag ${maxLag.toFixed(1)} ms during ${measured.toFixed(0)} ms of steps`);
+      // A step run on the event loop would hold it for the whole step (a quarter of the time
+      // measured); under half a step of lag, the loop was free, whatever else shares the cores.
+      const step = measured / 4;
+      assert.ok(maxLag < step / 2, `max event-loop lag ${maxLag.toFixed(1)} ms during ${measured.toFixed(0)} ms of steps (${step.toFixed(0)} ms a step)`);
       assert.ok(ticks >= measured / 10 / 3, `only ${ticks} timer ticks in ${measured.toFixed(0)} ms`);
     } finally {
       await t.dispose();
