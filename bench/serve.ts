@@ -1,12 +1,12 @@
 // Load tests of the HTTP service on loopback, same process, same model, same image:
 //  - batching (issue #5): concurrency 1, 8 and 64, with dynamic batching and with --max-batch 1;
 //  - admission (issue #18): 64 connections per precision, today's unbounded queue against
-//    --max-latency-ms B, next to model.run's best images/s at batch 1, 2, 4 or 8 measured in the
-//    same run (before and after the servers, the faster of both). Where the images/s went: model.run over the same
-//    batches the server ran (the batch sizes B leaves), the share of the time the engine was
-//    busy, and how much slower its batches ran than model.run's at their sizes (the serving
-//    work on the same cores); their product is the served rate. And the floor under a
-//    refusal's latency: a bare node:http server answering 503 under the same load.
+//    --max-latency-ms B, next to model.run's best images/s at batch 1, 2, 4 or 8 measured in
+//    the same run (before and after the servers, the faster of both). Where the images/s went:
+//    model.run over the same batches the server ran (the batch sizes B leaves), the share of the
+//    time the engine was busy, and how much slower its batches ran than model.run's at their
+//    sizes (the serving work on the same cores); their product is the served rate. And the
+//    floor under a refusal's latency: a bare node:http server answering 503 under the same load.
 //
 // usage: npm run bench:serve [-- --suite all|batching|admission --weights W --duration 10 --threads 2
 //          --max-batch 32 --device cuda --precision bf16 --precisions fp32,int8 --max-latency-ms 1000
@@ -133,11 +133,14 @@ function cpuTimes(): { total: number; steal: number } {
   }
 }
 
-/** The batches a server ran: the images each took, the size it ran at (padded), and how long the engine took. */
-interface ServedBatch { images: number; size: number; ms: number }
+/** A run of the engine: its batch size (padded), how long it took, and when it ended (performance.now()). */
+interface TimedRun { size: number; ms: number; end: number }
+
+/** A batch a server ran, with the images it took. */
+interface ServedBatch extends TimedRun { images: number }
 
 /** `model`, its runs timed into `log` (the batcher runs one batch at a time). */
-function timedModel(model: Model, log: { size: number; ms: number; end: number }[]): Model {
+function timedModel(model: Model, log: TimedRun[]): Model {
   return new Proxy(model, {
     get(target, key) {
       if (key === 'run') {
@@ -243,14 +246,14 @@ async function admissionSuite(weights: string): Promise<void> {
       const queue = maxLatencyMs === undefined ? 'unbounded' : `--max-latency-ms ${maxLatencyMs}`;
       log(`bench: ${precision}: ${queue}, 64 connections, ${duration} s`);
       const images: number[] = [];
-      const runs: { size: number; ms: number; end: number }[] = [];
+      const runs: TimedRun[] = [];
       const server = await startServer(timedModel(model, runs), { maxBatch, maxDelayMs: 5, maxQueue: 1024, maxLatencyMs, warmup: served.length ? [] : undefined, onBatch: (n) => images.push(n) });
       // One request first: the estimate starts from a measured batch (before one, everything is admitted).
       await fetch(`${server.url}/v1/features?outputs=fc7`, { method: 'POST', body: IMAGE, headers: { 'content-type': 'application/octet-stream' } });
       images.length = 0;
       runs.length = 0;
       const start = performance.now();
-      const steal = stolen();
+      const loadSteal = stolen();
       const r = await closedLoopInWorker(server.url, '/v1/features?outputs=fc7', IMAGE, { connections: 64, durationS: duration, honourRetryAfter });
       const end = start + r.seconds * 1000;
       await server.close();
@@ -261,7 +264,7 @@ async function admissionSuite(weights: string): Promise<void> {
       served.push({
         precision, queue, served: r.accepted.length / r.seconds, p50: percentile(r.accepted, 50), p99: percentile(r.accepted, 99),
         refused: r.refused.length, refusalP99: percentile(r.refused, 99), errors: r.errors, limit: maxLatencyMs,
-        meanBatch: sum(batches.map((b) => b.images)) / batches.length, busy: busyMs / (end - start), stolen: steal.since(), batches,
+        meanBatch: sum(batches.map((b) => b.images)) / batches.length, busy: busyMs / (end - start), stolen: loadSteal.since(), batches,
       });
     }
     log(`bench: ${precision}: serving alone, with a model that answers at once`);
