@@ -11,7 +11,10 @@ export interface BatchRunner {
 export interface BatcherOptions {
   /** Most images in one model.run; 32 by default. */
   maxBatch?: number;
-  /** How long the first queued image waits for others before its batch runs; 5 ms by default. */
+  /**
+   * How long an image that finds the engine free waits for others before its batch runs; 5 ms
+   * by default. Images queued behind a running batch have had their wait: they run as it ends.
+   */
   maxDelayMs?: number;
   /** Most images waiting (admitted, not yet running); an image past it is E_BUSY. 256 by default. */
   maxQueue?: number;
@@ -53,6 +56,8 @@ interface Job {
   input: Tensor;
   /** When its answer is due (performance.now()): admitted at + maxLatencyMs, Infinity without it. */
   deadline: number;
+  /** When it was queued (performance.now()). */
+  queuedAt: number;
   outputs: string[];
   key: string;
   resolve: (outputs: Outputs) => void;
@@ -93,6 +98,8 @@ export class Batcher {
   #places = new WeakMap<Admission, () => number | undefined>();
   /** When the next batch could first have started (the engine free, an image queued); undefined while none could. */
   #readyAt: number | undefined;
+  /** When the last batch ended (performance.now()). */
+  #freedAt = -Infinity;
   /**
    * When the clients refused for time were told to come back (performance.now()), those still
    * ahead: a client refused now is told to come after them, so that a crowd refused together
@@ -165,7 +172,9 @@ export class Batcher {
     if (free === undefined) return undefined;
     const ahead = this.#queue.length + this.#reserved.length;
     const ready = this.runTimes.intakeMs ?? 0;
-    if (ahead === 0 || ready <= free + this.maxDelayMs + (this.runTimes.batchMs(1) ?? 0)) {
+    // Images queued behind the running batch start the next one as the engine frees, without maxDelayMs.
+    const company = this.#running && this.#queue.length > 0 ? 0 : this.maxDelayMs;
+    if (ahead === 0 || ready <= free + company + (this.runTimes.batchMs(1) ?? 0)) {
       const batches = this.#batchesMs(ahead + images);
       return batches === undefined ? undefined : Math.max(free, ready) + batches;
     }
@@ -202,7 +211,7 @@ export class Batcher {
     if (refusal) return Promise.reject(refusal);
     const deadline = admitted ?? performance.now() + (this.maxLatencyMs ?? Infinity);
     return new Promise<Outputs>((resolve, reject) => {
-      const job: Job = { input, outputs, deadline, key: input.shape.join('x'), resolve, reject, signal };
+      const job: Job = { input, outputs, deadline, queuedAt: performance.now(), key: input.shape.join('x'), resolve, reject, signal };
       if (signal) {
         job.onAbort = () => {
           const at = this.#queue.indexOf(job);
@@ -293,7 +302,7 @@ export class Batcher {
 
   /**
    * Starts the next batch when it is full, or once the first image has waited maxDelayMs for
-   * company. With maxLatencyMs, past that, while images admitted are still being read and
+   * company (at once when it was queued behind the batch that just ended). With maxLatencyMs, past that, while images admitted are still being read and
    * decoded, it waits for them up to a one-image batch's time (what running one of them alone
    * after would cost), since the admission counted them in it. Without it, nothing was promised
    * and the engine never waits (on a CPU a fuller batch is not faster per image).
@@ -305,7 +314,8 @@ export class Batcher {
     this.#readyAt ??= now;
     const full = this.#queue.filter((j) => j.key === this.#queue[0].key).length >= this.maxBatch;
     const hold = this.maxLatencyMs !== undefined && this.#reserved.length > 0 ? this.runTimes.batchMs(1) ?? 0 : 0;
-    const waitMs = full || this.#closing ? 0 : this.#readyAt + this.maxDelayMs + hold - now;
+    const company = this.#queue[0].queuedAt <= this.#freedAt ? 0 : this.maxDelayMs;
+    const waitMs = full || this.#closing ? 0 : this.#readyAt + company + hold - now;
     if (waitMs <= 0) {
       this.#start();
     } else {
@@ -338,13 +348,18 @@ export class Batcher {
     this.#onBatch?.(jobs.length);
     this.#runningSize = size;
     this.#runningSince = performance.now();
-    this.#running = this.#runBatch(jobs, size).finally(() => {
+    this.#running = this.#runBatch(jobs, size).then((deliver) => {
       this.#running = undefined;
+      this.#freedAt = performance.now();
+      // The next batch goes to the engine before this one's answers are sliced and sent (their
+      // JSON and writes take milliseconds a batch, which the engine would otherwise sit out).
       this.#schedule();
+      deliver();
     });
   }
 
-  async #runBatch(jobs: Job[], padded: number): Promise<void> {
+  /** Runs a batch; resolves, once the engine is done with it, to what hands out its answers. */
+  async #runBatch(jobs: Job[], padded: number): Promise<() => void> {
     const outputs = [...new Set(jobs.flatMap((j) => j.outputs))];
     const [, c, h, w] = jobs[0].input.shape;
     const size = c * h * w;
@@ -360,10 +375,9 @@ export class Batcher {
       result = await this.#runner.run({ data, shape: [padded, c, h, w] }, { outputs });
       this.runTimes.observe(padded, performance.now() - this.#runningSince);
     } catch (e) {
-      for (const j of jobs) j.reject(e);
-      return;
+      return () => jobs.forEach((j) => j.reject(e));
     }
-    jobs.forEach((j, i) => {
+    return () => jobs.forEach((j, i) => {
       const mine: Outputs = {};
       for (const name of j.outputs) {
         const blob = result[name];

@@ -37,6 +37,26 @@ describe('unit: batcher', () => {
     await batcher.close();
   });
 
+  it('starts the batch queued behind a running one as it ends, without maxDelayMs, and before handing out its answers', async () => {
+    const runner = new Doubler();
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => { release = resolve; });
+    const gated = { run: async (input: Tensor, options?: RunOptions) => { if (runner.runs.length === 0) await held; return runner.run(input, options); } };
+    const batcher = new Batcher(gated, { maxBatch: 8, maxDelayMs: 300 });
+    const first = batcher.submit(image(1), { outputs: ['fc7'] });
+    // The first image found the engine free: it waited maxDelayMs for company, and runs (held) now.
+    await new Promise((resolve) => setTimeout(resolve, 400));
+    const second = batcher.submit(image(2), { outputs: ['fc7'] });
+    const t0 = performance.now();
+    release();
+    await first;
+    // The second waited through the first batch: it went to the engine before the first one's answer came.
+    assert.deepEqual(runner.runs, [[1], [2]]);
+    await second;
+    assert.ok(performance.now() - t0 < 150, `the second batch waited ${performance.now() - t0} ms`);
+    await batcher.close();
+  });
+
   it('refuses past maxQueue with E_BUSY and drops an aborted image from the queue', async () => {
     const runner = new Doubler();
     const batcher = new Batcher(runner, { maxBatch: 4, maxDelayMs: 50, maxQueue: 2 });
