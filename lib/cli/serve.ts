@@ -42,7 +42,7 @@ export function registerServe(program: Command): void {
     .option('--port <n>', 'TCP port (0: any free one)', port, 8080)
     .option('--host <addr>', 'address to listen on', '127.0.0.1')
     .option('--max-batch <n>', 'most images in one engine batch', positiveInt, 32)
-    .option('--max-delay-ms <ms>', 'how long a batch waits for more images', nonNegativeInt, 5)
+    .option('--max-delay-ms <ms>', 'how long an image that finds the engine idle waits for more to batch with (those queued behind a running batch go as it ends)', nonNegativeInt, 5)
     .option('--max-queue <n>', 'most images admitted and not yet running; past it requests get 503', positiveInt, 256)
     .option('--max-latency-ms <ms>', 'admission control: refuse at once (503 with Retry-After) a request whose answer is estimated to take longer, from the queue ahead and the measured run times (default: none, every request waits its turn)', positiveInt)
     .option('--timeout-ms <ms>', 'per-request limit; past it 504', positiveInt, 30000)

@@ -11,7 +11,7 @@ export type ServeModel = Runner & Pick<Engine, 'blobNames'>;
 export interface ServeOptions {
   /** Most images in one engine batch; 32 by default. */
   maxBatch?: number;
-  /** How long the first image of a batch waits for company; 5 ms by default. */
+  /** How long an image that finds the engine idle waits for company; 5 ms by default (those queued behind a running batch go as it ends). */
   maxDelayMs?: number;
   /** Most images admitted and not yet running (being decoded or waiting for a batch); past it requests are 503 E_BUSY. 256 by default. */
   maxQueue?: number;
