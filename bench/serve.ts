@@ -59,6 +59,9 @@ async function batchingSuite(weights: string): Promise<void> {
     for (const connections of [1, 8, 64]) {
       const result = await autocannon({
         url: `${server.url}/v1/features?outputs=fc7`, method: 'POST', body: IMAGE, connections, duration,
+        // Past the server's own --timeout-ms (30 s): at 64 connections an fp32 queue waits about 10 s, autocannon's
+        // default timeout, and clients that give up and send again would be measured instead of the server.
+        timeout: 60,
         headers: { 'content-type': 'application/octet-stream' },
       });
       rows.push({ mode, connections, rps: result.requests.average, p50: result.latency.p50, p99: result.latency.p99, errors: result.errors + result.non2xx });
