@@ -302,10 +302,11 @@ export class Batcher {
 
   /**
    * Starts the next batch when it is full, or once the first image has waited maxDelayMs for
-   * company (at once when it was queued behind the batch that just ended). With maxLatencyMs, past that, while images admitted are still being read and
-   * decoded, it waits for them up to a one-image batch's time (what running one of them alone
-   * after would cost), since the admission counted them in it. Without it, nothing was promised
-   * and the engine never waits (on a CPU a fuller batch is not faster per image).
+   * company (at once when it was queued behind the batch that just ended). With maxLatencyMs,
+   * past that, while images admitted are still being read and decoded, it waits for them up to a
+   * one-image batch's time (what running one of them alone after would cost), since the
+   * admission counted them in it. Without it, nothing was promised and the engine never waits
+   * (on a CPU a fuller batch is not faster per image).
    */
   #schedule(): void {
     if (this.#queue.length === 0) this.#readyAt = undefined;
@@ -363,15 +364,13 @@ export class Batcher {
     const outputs = [...new Set(jobs.flatMap((j) => j.outputs))];
     const [, c, h, w] = jobs[0].input.shape;
     const size = c * h * w;
-    let data: Float32Array;
-    if (padded === 1) {
-      data = jobs[0].input.data;
-    } else {
-      data = new Float32Array(padded * size);
-      jobs.forEach((j, i) => data.set(j.input.data, i * size));
-    }
     let result: Outputs;
     try {
+      let data = jobs[0].input.data;
+      if (padded > 1) {
+        data = new Float32Array(padded * size);
+        jobs.forEach((j, i) => data.set(j.input.data, i * size));
+      }
       result = await this.#runner.run({ data, shape: [padded, c, h, w] }, { outputs });
       this.runTimes.observe(padded, performance.now() - this.#runningSince);
     } catch (e) {
