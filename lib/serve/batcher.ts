@@ -172,15 +172,22 @@ export class Batcher {
     if (free === undefined) return undefined;
     const ahead = this.#queue.length + this.#reserved.length;
     const ready = this.runTimes.intakeMs ?? 0;
-    // Images queued behind the running batch start the next one as the engine frees, without maxDelayMs.
-    const company = this.#running && this.#queue.length > 0 ? 0 : this.maxDelayMs;
-    if (ahead === 0 || ready <= free + company + (this.runTimes.batchMs(1) ?? 0)) {
+    if (ahead === 0 || ready <= free + this.#companyMs() + (this.runTimes.batchMs(1) ?? 0)) {
       const batches = this.#batchesMs(ahead + images);
       return batches === undefined ? undefined : Math.max(free, ready) + batches;
     }
     const before = this.#batchesMs(ahead);
     const own = this.#batchesMs(images);
     return before === undefined || own === undefined ? undefined : Math.max(free + before, ready) + own;
+  }
+
+  /**
+   * How long the next batch waits for company once the engine is free: maxDelayMs, or nothing
+   * where its first image was queued behind a running batch (it has had its wait).
+   */
+  #companyMs(): number {
+    const first = this.#queue[0];
+    return first && (this.#running || first.queuedAt <= this.#freedAt) ? 0 : this.maxDelayMs;
   }
 
   /** How long until the batch running ends, most times (RunTimes.cautiousMs): 0 if none runs, undefined if its size has no measured time. */
@@ -315,8 +322,7 @@ export class Batcher {
     this.#readyAt ??= now;
     const full = this.#queue.filter((j) => j.key === this.#queue[0].key).length >= this.maxBatch;
     const hold = this.maxLatencyMs !== undefined && this.#reserved.length > 0 ? this.runTimes.batchMs(1) ?? 0 : 0;
-    const company = this.#queue[0].queuedAt <= this.#freedAt ? 0 : this.maxDelayMs;
-    const waitMs = full || this.#closing ? 0 : this.#readyAt + company + hold - now;
+    const waitMs = full || this.#closing ? 0 : this.#readyAt + this.#companyMs() + hold - now;
     if (waitMs <= 0) {
       this.#start();
     } else {
